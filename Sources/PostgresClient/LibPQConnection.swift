@@ -1,0 +1,177 @@
+// One libpq connection. Not thread-safe, like libpq itself: it belongs to exactly one owner
+// (a PostgresConnection actor, or the listener's thread) and is used from there only.
+import CLibPQ
+import DedicatedThreads
+import Foundation
+
+final class LibPQConnection {
+    private var handle: OpaquePointer?
+    let configuration: PostgresConfiguration
+    private(set) var isBroken = false
+
+    /// Connects; waits at most `connectTimeout` (libpq's `connect_timeout`).
+    init(configuration: PostgresConfiguration) throws(PostgresError) {
+        self.configuration = configuration
+        let parameters = configuration.libpqParameters
+        var keys = parameters.map { strdup($0.0) }
+        var values = parameters.map { strdup($0.1) }
+        defer {
+            keys.forEach { free($0) }
+            values.forEach { free($0) }
+        }
+        keys.append(nil)
+        values.append(nil)
+        let connection = keys.withUnsafeBufferPointer { k in
+            values.withUnsafeBufferPointer { v in
+                k.withMemoryRebound(to: UnsafePointer<CChar>?.self) { k in
+                    v.withMemoryRebound(to: UnsafePointer<CChar>?.self) { v in
+                        PQconnectdbParams(k.baseAddress, v.baseAddress, 0)
+                    }
+                }
+            }
+        }
+        guard let connection, PQstatus(connection) == CONNECTION_OK else {
+            let message = connection.map { String(cString: PQerrorMessage($0)) } ?? "out of memory"
+            PQfinish(connection)
+            throw PostgresError(.connectionFailed, "cannot connect to \(configuration.redactedURL): \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+        handle = connection
+    }
+
+    deinit { close() }
+
+    func close() {
+        PQfinish(handle)
+        handle = nil
+        isBroken = true
+    }
+
+    var socket: Int32 { handle.map { PQsocket($0) } ?? -1 }
+
+    /// Runs one statement with bind parameters (extended protocol, text format).
+    func execute(_ query: PostgresQuery) throws(PostgresError) -> PostgresRows {
+        let connection = try liveHandle()
+        var values: [UnsafeMutablePointer<CChar>?] = query.binds.map { $0.text.map { strdup($0) } ?? nil }
+        defer { values.forEach { free($0) } }
+        let types = query.binds.map { Oid($0.type.oid) }
+        let sent = values.withUnsafeMutableBufferPointer { values in
+            values.withMemoryRebound(to: UnsafePointer<CChar>?.self) { values in
+                PQsendQueryParams(connection, query.sql, Int32(types.count), types, values.baseAddress, nil, nil, 0)
+            }
+        }
+        guard sent == 1 else { throw connectionError("sending the query failed") }
+        return try collectResults()
+    }
+
+    /// Runs SQL text without parameters, possibly several statements (migrations).
+    func executeScript(_ sql: String) throws(PostgresError) {
+        let connection = try liveHandle()
+        guard PQsendQuery(connection, sql) == 1 else { throw connectionError("sending the script failed") }
+        _ = try collectResults()
+    }
+
+    /// Reads whatever arrived and returns pending notifications (for LISTEN).
+    func notifications() throws(PostgresError) -> [PostgresNotification] {
+        let connection = try liveHandle()
+        guard PQconsumeInput(connection) == 1, PQstatus(connection) == CONNECTION_OK else {
+            isBroken = true
+            throw connectionError("reading from the server failed")
+        }
+        var result: [PostgresNotification] = []
+        while let notify = PQnotifies(connection) {
+            result.append(PostgresNotification(
+                channel: String(cString: notify.pointee.relname), payload: String(cString: notify.pointee.extra),
+                processID: notify.pointee.be_pid))
+            PQfreemem(notify)
+        }
+        return result
+    }
+
+    private func liveHandle() throws(PostgresError) -> OpaquePointer {
+        guard let handle, !isBroken else { throw PostgresError(.connectionLost, "the connection is closed") }
+        return handle
+    }
+
+    /// Waits for every result of the statement just sent; every wait is bounded by the
+    /// statement timeout plus a grace period, after which the connection is given up.
+    private func collectResults() throws(PostgresError) -> PostgresRows {
+        let connection = try liveHandle()
+        let deadline = ContinuousClock.now + configuration.statementTimeout + configuration.clientGrace
+        var rows = PostgresRows(columns: [], cells: [], affectedRows: 0)
+        var firstError: PostgresError?
+        while true {
+            while PQisBusy(connection) == 1 {
+                let remaining = deadline - ContinuousClock.now
+                guard remaining > .zero else {
+                    close()
+                    throw PostgresError(.timeout, "no answer from \(configuration.redactedURL) within \(configuration.statementTimeout + configuration.clientGrace)")
+                }
+                _ = waitReadable([PQsocket(connection)], timeout: remaining)
+                guard PQconsumeInput(connection) == 1 else { throw connectionError("reading the result failed") }
+            }
+            guard let result = PQgetResult(connection) else { break }
+            defer { PQclear(result) }
+            switch PQresultStatus(result) {
+            case PGRES_TUPLES_OK, PGRES_SINGLE_TUPLE:
+                rows = Self.copyRows(result)
+            case PGRES_COMMAND_OK:
+                rows = PostgresRows(columns: [], cells: [], affectedRows: Int(String(cString: PQcmdTuples(result))) ?? 0)
+            case PGRES_EMPTY_QUERY, PGRES_NONFATAL_ERROR:
+                break
+            default:
+                if firstError == nil { firstError = Self.serverError(result) }
+            }
+        }
+        if PQstatus(connection) != CONNECTION_OK {
+            isBroken = true
+            var error = firstError ?? PostgresError(.connectionLost, "the connection to \(configuration.redactedURL) was lost")
+            error.code = .connectionLost
+            throw error
+        }
+        if var error = firstError {
+            if error.sqlState?.isConnectionFailure ?? false {
+                isBroken = true
+                error.code = .connectionLost
+            }
+            throw error
+        }
+        return rows
+    }
+
+    private func connectionError(_ what: String) -> PostgresError {
+        let message = handle.map { String(cString: PQerrorMessage($0)) } ?? ""
+        if let handle, PQstatus(handle) != CONNECTION_OK { isBroken = true }
+        return PostgresError(.connectionLost, "\(what): \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
+    }
+
+    private static func serverError(_ result: OpaquePointer) -> PostgresError {
+        func field(_ code: Character) -> String? {
+            PQresultErrorField(result, Int32(code.asciiValue!)).map { String(cString: $0) }
+        }
+        let state = field("C").map(SQLState.init)
+        let message = field("M") ?? String(cString: PQresultErrorMessage(result)).trimmingCharacters(in: .whitespacesAndNewlines)
+        return PostgresError(.server, message, sqlState: state, detail: field("D"), constraint: field("n"))
+    }
+
+    private static func copyRows(_ result: OpaquePointer) -> PostgresRows {
+        let rowCount = Int(PQntuples(result))
+        let columnCount = Int(PQnfields(result))
+        let columns = (0..<columnCount).map { String(cString: PQfname(result, Int32($0))) }
+        var cells: [[String?]] = []
+        cells.reserveCapacity(rowCount)
+        for row in 0..<Int32(rowCount) {
+            cells.append((0..<Int32(columnCount)).map { column in
+                PQgetisnull(result, row, column) == 1 ? nil : String(cString: PQgetvalue(result, row, column))
+            })
+        }
+        return PostgresRows(columns: columns, cells: cells, affectedRows: rowCount)
+    }
+}
+
+/// A `NOTIFY` received on a channel this session listens to.
+public struct PostgresNotification: Sendable, Hashable {
+    public let channel: String
+    public let payload: String
+    /// The server process that sent it.
+    public let processID: Int32
+}
