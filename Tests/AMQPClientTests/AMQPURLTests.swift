@@ -98,3 +98,35 @@ import Testing
         #expect(backoff.next() <= .milliseconds(120))
     }
 }
+
+@Suite struct AckCoalescingTests {
+    @Test func aContiguousRunBecomesOneMultipleAck() {
+        let settled = SettledTags()
+        let plan = settled.plan(acking: [1, 2, 3, 5])
+        #expect(plan.multiple == 3)
+        #expect(plan.single == [5])
+    }
+
+    @Test func tagsSettledEarlierExtendTheRunButAreNotNamed() {
+        var settled = SettledTags()
+        settled.settle(2)  // nacked earlier, alone
+        #expect(settled.upTo == 0 && settled.contains(2))
+        let plan = settled.plan(acking: [1, 3])
+        #expect(plan.multiple == 3, "1, then 2 (settled), then 3: one multiple ack naming 3")
+        #expect(plan.single.isEmpty)
+        settled.settle(upTo: 3)
+        #expect(settled.upTo == 3 && settled.above.isEmpty)
+    }
+
+    @Test func aGapMeansSingleAcks() {
+        var settled = SettledTags()
+        settled.settle(upTo: 10)
+        let plan = settled.plan(acking: [12, 13])
+        #expect(plan.multiple == nil)
+        #expect(plan.single == [12, 13])
+        settled.settle(12)
+        settled.settle(13)
+        settled.settle(11)
+        #expect(settled.upTo == 13 && settled.above.isEmpty)
+    }
+}
