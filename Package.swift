@@ -15,7 +15,7 @@ let package = Package(
         .library(name: "PostgresClient", targets: ["PostgresClient"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0")
     ],
     targets: [
         // C libraries, from Debian's -dev packages (see scripts/stack).

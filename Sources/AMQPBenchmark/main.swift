@@ -26,7 +26,9 @@ struct Options {
             }
             func number() throws -> Int {
                 let text = try value()
-                guard let n = Int(text), n > 0 else { throw BenchmarkError("\(flag) needs a positive whole number, got '\(text)'") }
+                guard let n = Int(text), n > 0 else {
+                    throw BenchmarkError("\(flag) needs a positive whole number, got '\(text)'")
+                }
                 return n
             }
             switch flag {
@@ -37,7 +39,9 @@ struct Options {
             case "--body-size": bodySize = try number()
             case "--url": url = try value()
             case "--help", "-h":
-                print("usage: AMQPBenchmark [--messages N] [--window N] [--prefetch N] [--rounds N] [--body-size BYTES] [--url amqp://…]")
+                print(
+                    "usage: AMQPBenchmark [--messages N] [--window N] [--prefetch N] [--rounds N] [--body-size BYTES] [--url amqp://…]"
+                )
                 exit(0)
             default: throw BenchmarkError("unknown option '\(flag)' (try --help)")
             }
@@ -76,7 +80,9 @@ final class RawClient {
     }
 
     func check(_ what: String) throws {
-        guard amqp_get_rpc_reply(connection).reply_type == AMQP_RESPONSE_NORMAL else { throw BenchmarkError("raw: \(what) failed") }
+        guard amqp_get_rpc_reply(connection).reply_type == AMQP_RESPONSE_NORMAL else {
+            throw BenchmarkError("raw: \(what) failed")
+        }
     }
 
     func publish(queue: String, count: Int, window: Int, body: Data) throws {
@@ -95,7 +101,8 @@ final class RawClient {
             let bytes = amqp_bytes_t(len: raw.count, bytes: UnsafeMutableRawPointer(mutating: raw.baseAddress))
             while confirmed < count {
                 while sent < count, sent - confirmed < window {
-                    let rc = amqp_basic_publish(connection, 1, amqp_empty_bytes, amqp_cstring_bytes(queue), 1, 0, &properties, bytes)
+                    let rc = amqp_basic_publish(
+                        connection, 1, amqp_empty_bytes, amqp_cstring_bytes(queue), 1, 0, &properties, bytes)
                     guard rc == AMQP_STATUS_OK.rawValue else { throw BenchmarkError("raw: publish failed") }
                     sent += 1
                 }
@@ -145,8 +152,10 @@ nonisolated func swiftLayerRound(_ amqp: AMQPConnection, queue: String, body: Da
             for index in 0..<count {
                 if index >= window { try await group.next() }
                 group.addTask {
-                    try await amqp.publish(AMQPMessage(exchange: "", routingKey: queue, body: body,
-                                                       properties: AMQPProperties(deliveryMode: .persistent)))
+                    try await amqp.publish(
+                        AMQPMessage(
+                            exchange: "", routingKey: queue, body: body,
+                            properties: AMQPProperties(deliveryMode: .persistent)))
                 }
             }
             try await group.waitForAll()
@@ -174,7 +183,9 @@ func cpuMicroseconds() -> Double {
 
 nonisolated(unsafe) var cpuPerMessage: [String: [Double]] = [:]
 
-func measure(_ name: String, isolation: isolated (any Actor)? = #isolation, _ body: () async throws -> Void) async rethrows -> Duration {
+func measure(_ name: String, isolation: isolated (any Actor)? = #isolation, _ body: () async throws -> Void) async rethrows
+    -> Duration
+{
     let cpu = cpuMicroseconds()
     let start = ContinuousClock.now
     try await body()
@@ -203,7 +214,9 @@ LoggingSystem.bootstrap { label in
 let url = try AMQPURL(options.url)
 let body = Data(repeating: UInt8(ascii: "x"), count: options.bodySize)
 let count = options.messages
-print("AMQP layer benchmark: \(count) persistent \(options.bodySize)-byte messages per round through a quorum queue, confirm window \(options.window), prefetch \(options.prefetch), \(options.rounds) rounds, broker \(url)")
+print(
+    "AMQP layer benchmark: \(count) persistent \(options.bodySize)-byte messages per round through a quorum queue, confirm window \(options.window), prefetch \(options.prefetch), \(options.rounds) rounds, broker \(url)"
+)
 
 var results: [String: [Double]] = [:]
 var configuration = AMQPConfiguration(url: url, connectionName: "amqp-benchmark")
@@ -216,9 +229,13 @@ try await AMQPConnection.withConnection(configuration: configuration) { amqp in
             try await amqp.declare(AMQPTopology(queues: [.quorum(queue)]), remember: false)
             if side == "raw" {
                 let raw = try RawClient(url: url)
-                let publish = try await measure("raw publish") { try raw.publish(queue: queue, count: count, window: options.window, body: body) }
+                let publish = try await measure("raw publish") {
+                    try raw.publish(queue: queue, count: count, window: options.window, body: body)
+                }
                 let consumer = try RawClient(url: url)
-                let consume = try await measure("raw consume") { try consumer.consume(queue: queue, count: count, prefetch: options.prefetch) }
+                let consume = try await measure("raw consume") {
+                    try consumer.consume(queue: queue, count: count, prefetch: options.prefetch)
+                }
                 results["raw publish", default: []].append(rate(count, publish))
                 results["raw consume", default: []].append(rate(count, consume))
             } else {
@@ -228,7 +245,9 @@ try await AMQPConnection.withConnection(configuration: configuration) { amqp in
             }
             _ = try await amqp.deleteQueue(queue)
         }
-        print("round \(round): raw publish \(Int(results["raw publish"]!.last!))/s, swift publish \(Int(results["swift publish"]!.last!))/s, raw consume \(Int(results["raw consume"]!.last!))/s, swift consume \(Int(results["swift consume"]!.last!))/s")
+        print(
+            "round \(round): raw publish \(Int(results["raw publish"]!.last!))/s, swift publish \(Int(results["swift publish"]!.last!))/s, raw consume \(Int(results["raw consume"]!.last!))/s, swift consume \(Int(results["swift consume"]!.last!))/s"
+        )
     }
 }
 
@@ -237,7 +256,9 @@ let consumeRatio = median(results["swift consume"]!) / median(results["raw consu
 print("")
 print("median msgs/s        raw rabbitmq-c   Swift layer   ratio   client CPU µs/msg (raw / Swift)")
 for (label, key, ratio) in [("publish + confirm", "publish", publishRatio), ("consume + ack", "consume", consumeRatio)] {
-    print(String(format: "%@ %14.0f %13.0f   %5.1f%%   %5.1f / %5.1f", label.padding(toLength: 20, withPad: " ", startingAt: 0),
-                 median(results["raw \(key)"]!), median(results["swift \(key)"]!), ratio * 100,
-                 median(cpuPerMessage["raw \(key)"]!), median(cpuPerMessage["swift \(key)"]!)))
+    print(
+        String(
+            format: "%@ %14.0f %13.0f   %5.1f%%   %5.1f / %5.1f", label.padding(toLength: 20, withPad: " ", startingAt: 0),
+            median(results["raw \(key)"]!), median(results["swift \(key)"]!), ratio * 100,
+            median(cpuPerMessage["raw \(key)"]!), median(cpuPerMessage["swift \(key)"]!)))
 }

@@ -150,7 +150,8 @@ public final class AMQPConnection: Sendable {
         arguments: AMQPTable = [:]
     ) async throws -> AMQPConsumer {
         let id = nextConsumerID.wrappingAdd(1, ordering: .relaxed).oldValue
-        let spec = ConsumerSpec(id: id, queue: queue, prefetch: prefetch, noAck: noAck, exclusive: exclusive, arguments: arguments)
+        let spec = ConsumerSpec(
+            id: id, queue: queue, prefetch: prefetch, noAck: noAck, exclusive: exclusive, arguments: arguments)
         let (stream, continuation) = AsyncThrowingStream<AMQPDelivery, any Error>.makeStream()
         try await perform { .consume(spec, continuation, $0) }
         return AMQPConsumer(stream: stream, id: id, inbox: inbox)

@@ -24,9 +24,11 @@ public struct AMQPProperties: Sendable, Hashable {
     public var userID: String?
     public var appID: String?
 
-    public init(contentType: String? = nil, headers: AMQPTable = [:], deliveryMode: DeliveryMode? = nil,
-                correlationID: String? = nil, replyTo: String? = nil, messageID: String? = nil,
-                type: String? = nil) {
+    public init(
+        contentType: String? = nil, headers: AMQPTable = [:], deliveryMode: DeliveryMode? = nil,
+        correlationID: String? = nil, replyTo: String? = nil, messageID: String? = nil,
+        type: String? = nil
+    ) {
         self.contentType = contentType
         self.headers = headers
         self.deliveryMode = deliveryMode
@@ -47,8 +49,10 @@ public struct AMQPMessage: Sendable {
     /// throws `unroutable` instead of vanishing.
     public var mandatory: Bool
 
-    public init(exchange: String, routingKey: String, body: Data, properties: AMQPProperties = .init(),
-                mandatory: Bool = true) {
+    public init(
+        exchange: String, routingKey: String, body: Data, properties: AMQPProperties = .init(),
+        mandatory: Bool = true
+    ) {
         self.exchange = exchange
         self.routingKey = routingKey
         self.body = body

@@ -28,8 +28,10 @@ public struct AMQPQueue: Sendable, Hashable {
     public var autoDelete: Bool
     public var arguments: AMQPTable
 
-    public init(_ name: String, durable: Bool = true, exclusive: Bool = false, autoDelete: Bool = false,
-                arguments: AMQPTable = [:]) {
+    public init(
+        _ name: String, durable: Bool = true, exclusive: Bool = false, autoDelete: Bool = false,
+        arguments: AMQPTable = [:]
+    ) {
         self.name = name
         self.durable = durable
         self.exclusive = exclusive

@@ -13,8 +13,10 @@ public struct AMQPURL: Sendable, Hashable, CustomStringConvertible {
     /// `connection_timeout` query parameter (milliseconds), if given.
     public var connectTimeout: Duration?
 
-    public init(host: String = "127.0.0.1", port: Int = 5672, user: String = "guest",
-                password: String = "guest", virtualHost: String = "/") {
+    public init(
+        host: String = "127.0.0.1", port: Int = 5672, user: String = "guest",
+        password: String = "guest", virtualHost: String = "/"
+    ) {
         self.host = host
         self.port = port
         self.user = user
@@ -74,7 +76,9 @@ public struct AMQPURL: Sendable, Hashable, CustomStringConvertible {
 
     /// The URL without the password, for logs.
     public var description: String {
-        let vhost = virtualHost == "/" ? "" : "/" + (virtualHost.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? virtualHost)
+        let vhost =
+            virtualHost == "/"
+            ? "" : "/" + (virtualHost.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? virtualHost)
         let shownHost = host.contains(":") ? "[\(host)]" : host
         return "amqp://\(user)@\(shownHost):\(port)\(vhost)"
     }

@@ -54,23 +54,54 @@ final class CArena {
         var field = amqp_field_value_t()
         func kind(_ k: amqp_field_value_kind_t) -> UInt8 { UInt8(k.rawValue) }
         switch value {
-        case .bool(let v): field.kind = kind(AMQP_FIELD_KIND_BOOLEAN); field.value.boolean = v ? 1 : 0
-        case .int8(let v): field.kind = kind(AMQP_FIELD_KIND_I8); field.value.i8 = v
-        case .uint8(let v): field.kind = kind(AMQP_FIELD_KIND_U8); field.value.u8 = v
-        case .int16(let v): field.kind = kind(AMQP_FIELD_KIND_I16); field.value.i16 = v
-        case .uint16(let v): field.kind = kind(AMQP_FIELD_KIND_U16); field.value.u16 = v
-        case .int32(let v): field.kind = kind(AMQP_FIELD_KIND_I32); field.value.i32 = v
-        case .uint32(let v): field.kind = kind(AMQP_FIELD_KIND_U32); field.value.u32 = v
-        case .int64(let v): field.kind = kind(AMQP_FIELD_KIND_I64); field.value.i64 = v
-        case .uint64(let v): field.kind = kind(AMQP_FIELD_KIND_U64); field.value.u64 = v
-        case .float(let v): field.kind = kind(AMQP_FIELD_KIND_F32); field.value.f32 = v
-        case .double(let v): field.kind = kind(AMQP_FIELD_KIND_F64); field.value.f64 = v
+        case .bool(let v):
+            field.kind = kind(AMQP_FIELD_KIND_BOOLEAN)
+            field.value.boolean = v ? 1 : 0
+        case .int8(let v):
+            field.kind = kind(AMQP_FIELD_KIND_I8)
+            field.value.i8 = v
+        case .uint8(let v):
+            field.kind = kind(AMQP_FIELD_KIND_U8)
+            field.value.u8 = v
+        case .int16(let v):
+            field.kind = kind(AMQP_FIELD_KIND_I16)
+            field.value.i16 = v
+        case .uint16(let v):
+            field.kind = kind(AMQP_FIELD_KIND_U16)
+            field.value.u16 = v
+        case .int32(let v):
+            field.kind = kind(AMQP_FIELD_KIND_I32)
+            field.value.i32 = v
+        case .uint32(let v):
+            field.kind = kind(AMQP_FIELD_KIND_U32)
+            field.value.u32 = v
+        case .int64(let v):
+            field.kind = kind(AMQP_FIELD_KIND_I64)
+            field.value.i64 = v
+        case .uint64(let v):
+            field.kind = kind(AMQP_FIELD_KIND_U64)
+            field.value.u64 = v
+        case .float(let v):
+            field.kind = kind(AMQP_FIELD_KIND_F32)
+            field.value.f32 = v
+        case .double(let v):
+            field.kind = kind(AMQP_FIELD_KIND_F64)
+            field.value.f64 = v
         case .decimal(let scale, let v):
-            field.kind = kind(AMQP_FIELD_KIND_DECIMAL); field.value.decimal = amqp_decimal_t(decimals: scale, value: v)
-        case .string(let v): field.kind = kind(AMQP_FIELD_KIND_UTF8); field.value.bytes = bytes(v)
-        case .bytes(let v): field.kind = kind(AMQP_FIELD_KIND_BYTES); field.value.bytes = bytes(v)
-        case .timestamp(let v): field.kind = kind(AMQP_FIELD_KIND_TIMESTAMP); field.value.u64 = v
-        case .table(let v): field.kind = kind(AMQP_FIELD_KIND_TABLE); field.value.table = table(v)
+            field.kind = kind(AMQP_FIELD_KIND_DECIMAL)
+            field.value.decimal = amqp_decimal_t(decimals: scale, value: v)
+        case .string(let v):
+            field.kind = kind(AMQP_FIELD_KIND_UTF8)
+            field.value.bytes = bytes(v)
+        case .bytes(let v):
+            field.kind = kind(AMQP_FIELD_KIND_BYTES)
+            field.value.bytes = bytes(v)
+        case .timestamp(let v):
+            field.kind = kind(AMQP_FIELD_KIND_TIMESTAMP)
+            field.value.u64 = v
+        case .table(let v):
+            field.kind = kind(AMQP_FIELD_KIND_TABLE)
+            field.value.table = table(v)
         case .void: field.kind = kind(AMQP_FIELD_KIND_VOID)
         case .array(let values):
             field.kind = kind(AMQP_FIELD_KIND_ARRAY)
@@ -84,19 +115,58 @@ final class CArena {
     func properties(_ properties: AMQPProperties) -> amqp_basic_properties_t {
         var c = amqp_basic_properties_t()
         var flags: amqp_flags_t = 0
-        if let v = properties.contentType { c.content_type = bytes(v); flags |= ringing_flag_content_type }
-        if let v = properties.contentEncoding { c.content_encoding = bytes(v); flags |= ringing_flag_content_encoding }
-        if !properties.headers.isEmpty { c.headers = table(properties.headers); flags |= ringing_flag_headers }
-        if let v = properties.deliveryMode { c.delivery_mode = v.rawValue; flags |= ringing_flag_delivery_mode }
-        if let v = properties.priority { c.priority = v; flags |= ringing_flag_priority }
-        if let v = properties.correlationID { c.correlation_id = bytes(v); flags |= ringing_flag_correlation_id }
-        if let v = properties.replyTo { c.reply_to = bytes(v); flags |= ringing_flag_reply_to }
-        if let v = properties.expiration { c.expiration = bytes(v); flags |= ringing_flag_expiration }
-        if let v = properties.messageID { c.message_id = bytes(v); flags |= ringing_flag_message_id }
-        if let v = properties.timestamp { c.timestamp = v; flags |= ringing_flag_timestamp }
-        if let v = properties.type { c.type = bytes(v); flags |= ringing_flag_type }
-        if let v = properties.userID { c.user_id = bytes(v); flags |= ringing_flag_user_id }
-        if let v = properties.appID { c.app_id = bytes(v); flags |= ringing_flag_app_id }
+        if let v = properties.contentType {
+            c.content_type = bytes(v)
+            flags |= ringing_flag_content_type
+        }
+        if let v = properties.contentEncoding {
+            c.content_encoding = bytes(v)
+            flags |= ringing_flag_content_encoding
+        }
+        if !properties.headers.isEmpty {
+            c.headers = table(properties.headers)
+            flags |= ringing_flag_headers
+        }
+        if let v = properties.deliveryMode {
+            c.delivery_mode = v.rawValue
+            flags |= ringing_flag_delivery_mode
+        }
+        if let v = properties.priority {
+            c.priority = v
+            flags |= ringing_flag_priority
+        }
+        if let v = properties.correlationID {
+            c.correlation_id = bytes(v)
+            flags |= ringing_flag_correlation_id
+        }
+        if let v = properties.replyTo {
+            c.reply_to = bytes(v)
+            flags |= ringing_flag_reply_to
+        }
+        if let v = properties.expiration {
+            c.expiration = bytes(v)
+            flags |= ringing_flag_expiration
+        }
+        if let v = properties.messageID {
+            c.message_id = bytes(v)
+            flags |= ringing_flag_message_id
+        }
+        if let v = properties.timestamp {
+            c.timestamp = v
+            flags |= ringing_flag_timestamp
+        }
+        if let v = properties.type {
+            c.type = bytes(v)
+            flags |= ringing_flag_type
+        }
+        if let v = properties.userID {
+            c.user_id = bytes(v)
+            flags |= ringing_flag_user_id
+        }
+        if let v = properties.appID {
+            c.app_id = bytes(v)
+            flags |= ringing_flag_app_id
+        }
         c._flags = flags
         return c
     }
@@ -105,14 +175,20 @@ final class CArena {
 extension String {
     /// Copies C bytes (not necessarily NUL-terminated) into a String.
     init(amqp bytes: amqp_bytes_t) {
-        guard bytes.len > 0, let base = bytes.bytes else { self = ""; return }
+        guard bytes.len > 0, let base = bytes.bytes else {
+            self = ""
+            return
+        }
         self = String(decoding: UnsafeRawBufferPointer(start: base, count: bytes.len), as: UTF8.self)
     }
 }
 
 extension Array where Element == UInt8 {
     init(amqp bytes: amqp_bytes_t) {
-        guard bytes.len > 0, let base = bytes.bytes else { self = []; return }
+        guard bytes.len > 0, let base = bytes.bytes else {
+            self = []
+            return
+        }
         self = Array(UnsafeRawBufferPointer(start: base, count: bytes.len))
     }
 }

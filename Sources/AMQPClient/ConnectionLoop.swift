@@ -53,7 +53,8 @@ final class ConnectionLoop {
         self.status = status
         self.backoff = configuration.reconnectBackoff
         self.retryAt = clock.now
-        self.pollInterval = min(configuration.heartbeat / 4, .seconds(1)) > .zero ? min(configuration.heartbeat / 4, .seconds(1)) : .seconds(1)
+        self.pollInterval =
+            min(configuration.heartbeat / 4, .seconds(1)) > .zero ? min(configuration.heartbeat / 4, .seconds(1)) : .seconds(1)
     }
 
     // MARK: - Loop
@@ -100,7 +101,9 @@ final class ConnectionLoop {
     private func handle(_ command: ConnectionCommand) {
         switch command {
         case .publish(let message, let continuation):
-            waitingPublishes.append(PendingPublish(message: message, continuation: continuation, deadline: clock.now + configuration.operationTimeout))
+            waitingPublishes.append(
+                PendingPublish(message: message, continuation: continuation, deadline: clock.now + configuration.operationTimeout)
+            )
         case .declare, .deleteQueue, .purgeQueue, .consume, .whenConnected:
             let request = WaitingRequest(command: command, deadline: clock.now + configuration.operationTimeout)
             if connection != nil { perform(request) } else { waitingRequests.append(request) }
@@ -269,20 +272,23 @@ final class ConnectionLoop {
         let channel = Self.declareChannel
         for exchange in topology.exchanges {
             arena.reset()
-            amqp_exchange_declare(connection, channel, arena.bytes(exchange.name), arena.bytes(exchange.kind.rawValue), 0,
-                                  exchange.durable ? 1 : 0, exchange.autoDelete ? 1 : 0, 0, arena.table(exchange.arguments))
+            amqp_exchange_declare(
+                connection, channel, arena.bytes(exchange.name), arena.bytes(exchange.kind.rawValue), 0,
+                exchange.durable ? 1 : 0, exchange.autoDelete ? 1 : 0, 0, arena.table(exchange.arguments))
             try checkReply(channel: channel, context: "declaring exchange '\(exchange.name)'")
         }
         for queue in topology.queues {
             arena.reset()
-            amqp_queue_declare(connection, channel, arena.bytes(queue.name), 0, queue.durable ? 1 : 0,
-                               queue.exclusive ? 1 : 0, queue.autoDelete ? 1 : 0, arena.table(queue.arguments))
+            amqp_queue_declare(
+                connection, channel, arena.bytes(queue.name), 0, queue.durable ? 1 : 0,
+                queue.exclusive ? 1 : 0, queue.autoDelete ? 1 : 0, arena.table(queue.arguments))
             try checkReply(channel: channel, context: "declaring queue '\(queue.name)'")
         }
         for binding in topology.bindings {
             arena.reset()
-            amqp_queue_bind(connection, channel, arena.bytes(binding.queue), arena.bytes(binding.exchange),
-                            arena.bytes(binding.routingKey), arena.table(binding.arguments))
+            amqp_queue_bind(
+                connection, channel, arena.bytes(binding.queue), arena.bytes(binding.exchange),
+                arena.bytes(binding.routingKey), arena.table(binding.arguments))
             try checkReply(channel: channel, context: "binding queue '\(binding.queue)' to '\(binding.exchange)'")
         }
     }
@@ -314,8 +320,9 @@ final class ConnectionLoop {
             let exchange = arena.bytes(message.exchange)
             let routingKey = arena.bytes(message.routingKey)
             let result = message.body.withUnsafeBytes { body in
-                amqp_basic_publish(state, Self.publishChannel, exchange, routingKey, message.mandatory ? 1 : 0, 0, &properties,
-                                   amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress)))
+                amqp_basic_publish(
+                    state, Self.publishChannel, exchange, routingKey, message.mandatory ? 1 : 0, 0, &properties,
+                    amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress)))
             }
             publish.sequence = nextSequence
             nextSequence += 1
@@ -361,8 +368,9 @@ final class ConnectionLoop {
             try checkReply(channel: channel, context: "setting prefetch on '\(record.spec.queue)'")
         }
         arena.reset()
-        let ok = amqp_basic_consume(connection, channel, arena.bytes(record.spec.queue), amqp_empty_bytes, 0,
-                                    record.spec.noAck ? 1 : 0, record.spec.exclusive ? 1 : 0, arena.table(record.spec.arguments))
+        let ok = amqp_basic_consume(
+            connection, channel, arena.bytes(record.spec.queue), amqp_empty_bytes, 0,
+            record.spec.noAck ? 1 : 0, record.spec.exclusive ? 1 : 0, arena.table(record.spec.arguments))
         try checkReply(channel: channel, context: "consuming from '\(record.spec.queue)'")
         consumers[id]?.channel = channel
         consumers[id]?.tag = ok.map { String(amqp: $0.pointee.consumer_tag) } ?? ""
@@ -420,9 +428,10 @@ final class ConnectionLoop {
             let id = consumerByChannel[channel], let record = consumers[id]
         else { return }
         let settlement = Settlement(inbox: inbox, status: status, generation: generation, channel: channel, deliveryTag: tag)
-        record.stream.yield(AMQPDelivery(
-            body: content.body, properties: content.properties, exchange: exchange, routingKey: routingKey,
-            deliveryTag: tag, redelivered: redelivered, consumerTag: consumerTag, settlement: settlement))
+        record.stream.yield(
+            AMQPDelivery(
+                body: content.body, properties: content.properties, exchange: exchange, routingKey: routingKey,
+                deliveryTag: tag, redelivered: redelivered, consumerTag: consumerTag, settlement: settlement))
     }
 
     // MARK: - Frames
@@ -456,7 +465,8 @@ final class ConnectionLoop {
         case AMQP_FRAME_HEADER:
             guard var content = incoming[channel] else { return }
             content.bodySize = Int(frame.payload.properties.body_size)
-            content.properties = AMQPProperties(amqp: frame.payload.properties.decoded.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee)
+            content.properties = AMQPProperties(
+                amqp: frame.payload.properties.decoded.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee)
             content.body.reserveCapacity(content.bodySize)
             incoming[channel] = content
             if content.bodySize == 0 { complete(channel) }
@@ -485,20 +495,25 @@ final class ConnectionLoop {
         switch method.id {
         case ringing_basic_deliver:
             let d = decoded!.assumingMemoryBound(to: amqp_basic_deliver_t.self).pointee
-            incoming[channel] = IncomingContent(kind: .delivery(
-                tag: d.delivery_tag, redelivered: d.redelivered != 0, exchange: String(amqp: d.exchange),
-                routingKey: String(amqp: d.routing_key), consumerTag: String(amqp: d.consumer_tag)))
+            incoming[channel] = IncomingContent(
+                kind: .delivery(
+                    tag: d.delivery_tag, redelivered: d.redelivered != 0, exchange: String(amqp: d.exchange),
+                    routingKey: String(amqp: d.routing_key), consumerTag: String(amqp: d.consumer_tag)))
         case ringing_basic_return:
             let r = decoded!.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
-            incoming[channel] = IncomingContent(kind: .returned(
-                replyText: "\(r.reply_code) \(String(amqp: r.reply_text))", exchange: String(amqp: r.exchange),
-                routingKey: String(amqp: r.routing_key)))
+            incoming[channel] = IncomingContent(
+                kind: .returned(
+                    replyText: "\(r.reply_code) \(String(amqp: r.reply_text))", exchange: String(amqp: r.exchange),
+                    routingKey: String(amqp: r.routing_key)))
         case ringing_basic_ack where channel == Self.publishChannel:
             let a = decoded!.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
             confirm(upTo: a.delivery_tag, multiple: a.multiple != 0) { publish in
                 if let returned = publish.returned {
-                    publish.continuation.resume(throwing: AMQPError(
-                        .unroutable, "message to exchange '\(publish.message.exchange)' with routing key '\(publish.message.routingKey)' matched no queue (\(returned))"))
+                    publish.continuation.resume(
+                        throwing: AMQPError(
+                            .unroutable,
+                            "message to exchange '\(publish.message.exchange)' with routing key '\(publish.message.routingKey)' matched no queue (\(returned))"
+                        ))
                 } else {
                     publish.continuation.resume()
                 }
@@ -506,13 +521,15 @@ final class ConnectionLoop {
         case ringing_basic_nack where channel == Self.publishChannel:
             let n = decoded!.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
             confirm(upTo: n.delivery_tag, multiple: n.multiple != 0) { publish in
-                publish.continuation.resume(throwing: AMQPError(.nacked, "the broker refused the message to '\(publish.message.exchange)'"))
+                publish.continuation.resume(
+                    throwing: AMQPError(.nacked, "the broker refused the message to '\(publish.message.exchange)'"))
             }
         case ringing_basic_cancel:
             // The broker cancelled a consumer (its queue was deleted): end its sequence.
             if let id = consumerByChannel.removeValue(forKey: channel), let record = consumers.removeValue(forKey: id) {
                 logger.warning("AMQP consumer cancelled by the broker", metadata: ["queue": "\(record.spec.queue)"])
-                record.stream.finish(throwing: AMQPError(.consumerCancelled, "the broker cancelled the consumer of '\(record.spec.queue)'"))
+                record.stream.finish(
+                    throwing: AMQPError(.consumerCancelled, "the broker cancelled the consumer of '\(record.spec.queue)'"))
             }
         case ringing_channel_close:
             let c = decoded!.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
@@ -522,7 +539,9 @@ final class ConnectionLoop {
             let c = decoded!.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
             var ok = amqp_connection_close_ok_t(dummy: 0)
             if let connection { amqp_send_method(connection, 0, ringing_connection_close_ok, &ok) }
-            dropConnection(AMQPError(.connectionLost, "broker closed the connection: \(c.reply_code) \(String(amqp: c.reply_text))"), destroy: true)
+            dropConnection(
+                AMQPError(.connectionLost, "broker closed the connection: \(c.reply_code) \(String(amqp: c.reply_text))"),
+                destroy: true)
         case ringing_connection_blocked:
             logger.warning("AMQP connection blocked by the broker (resource alarm): publishes wait")
         case ringing_connection_unblocked:
@@ -596,7 +615,9 @@ final class ConnectionLoop {
                 let c = reply.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
                 var ok = amqp_connection_close_ok_t(dummy: 0)
                 amqp_send_method(state, 0, ringing_connection_close_ok, &ok)
-                return AMQPError(.connectionLost, "broker closed the connection: \(c.reply_code) \(String(amqp: c.reply_text))", replyCode: c.reply_code)
+                return AMQPError(
+                    .connectionLost, "broker closed the connection: \(c.reply_code) \(String(amqp: c.reply_text))",
+                    replyCode: c.reply_code)
             }
             return AMQPError(.library, "unexpected reply method \(reply.reply.id)")
         case AMQP_RESPONSE_LIBRARY_EXCEPTION:
@@ -618,7 +639,9 @@ final class ConnectionLoop {
         while connection != nil, !(unconfirmed.isEmpty && waitingPublishes.isEmpty), clock.now < deadline {
             sendWaitingPublishes()
             readFrames()
-            if connection != nil, !unconfirmed.isEmpty { _ = waitReadable([amqp_get_sockfd(connection!)], timeout: .milliseconds(50)) }
+            if connection != nil, !unconfirmed.isEmpty {
+                _ = waitReadable([amqp_get_sockfd(connection!)], timeout: .milliseconds(50))
+            }
         }
         let closed = AMQPError(.shutdown, "the connection has been shut down")
         if let state = connection {

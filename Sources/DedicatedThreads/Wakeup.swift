@@ -43,7 +43,8 @@ public struct Wakeup: Sendable {
 /// of a dedicated thread is bounded). Returns the readable descriptors.
 public func waitReadable(_ descriptors: [Int32], timeout: Duration) -> Set<Int32> {
     var fds = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-    let milliseconds = max(0, Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
+    let milliseconds = max(
+        0, Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
     let count = fds.withUnsafeMutableBufferPointer { poll($0.baseAddress, nfds_t($0.count), milliseconds) }
     guard count > 0 else { return [] }
     return Set(fds.filter { $0.revents != 0 }.map(\.fd))

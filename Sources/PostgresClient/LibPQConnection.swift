@@ -16,8 +16,8 @@ final class LibPQConnection {
         var keys = parameters.map { strdup($0.0) }
         var values = parameters.map { strdup($0.1) }
         defer {
-            keys.forEach { free($0) }
-            values.forEach { free($0) }
+            for key in keys { free(key) }
+            for value in values { free(value) }
         }
         keys.append(nil)
         values.append(nil)
@@ -33,7 +33,9 @@ final class LibPQConnection {
         guard let connection, PQstatus(connection) == CONNECTION_OK else {
             let message = connection.map { String(cString: PQerrorMessage($0)) } ?? "out of memory"
             PQfinish(connection)
-            throw PostgresError(.connectionFailed, "cannot connect to \(configuration.redactedURL): \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
+            throw PostgresError(
+                .connectionFailed,
+                "cannot connect to \(configuration.redactedURL): \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
         handle = connection
     }
@@ -52,7 +54,7 @@ final class LibPQConnection {
     func execute(_ query: PostgresQuery) throws(PostgresError) -> PostgresRows {
         let connection = try liveHandle()
         var values: [UnsafeMutablePointer<CChar>?] = query.binds.map { $0.text.map { strdup($0) } ?? nil }
-        defer { values.forEach { free($0) } }
+        defer { for value in values { free(value) } }
         let types = query.binds.map { Oid($0.type.oid) }
         let sent = values.withUnsafeMutableBufferPointer { values in
             values.withMemoryRebound(to: UnsafePointer<CChar>?.self) { values in
@@ -79,9 +81,10 @@ final class LibPQConnection {
         }
         var result: [PostgresNotification] = []
         while let notify = PQnotifies(connection) {
-            result.append(PostgresNotification(
-                channel: String(cString: notify.pointee.relname), payload: String(cString: notify.pointee.extra),
-                processID: notify.pointee.be_pid))
+            result.append(
+                PostgresNotification(
+                    channel: String(cString: notify.pointee.relname), payload: String(cString: notify.pointee.extra),
+                    processID: notify.pointee.be_pid))
             PQfreemem(notify)
         }
         return result
@@ -104,7 +107,10 @@ final class LibPQConnection {
                 let remaining = deadline - ContinuousClock.now
                 guard remaining > .zero else {
                     close()
-                    throw PostgresError(.timeout, "no answer from \(configuration.redactedURL) within \(configuration.statementTimeout + configuration.clientGrace)")
+                    throw PostgresError(
+                        .timeout,
+                        "no answer from \(configuration.redactedURL) within \(configuration.statementTimeout + configuration.clientGrace)"
+                    )
                 }
                 _ = waitReadable([PQsocket(connection)], timeout: remaining)
                 guard PQconsumeInput(connection) == 1 else { throw connectionError("reading the result failed") }
@@ -160,9 +166,10 @@ final class LibPQConnection {
         var cells: [[String?]] = []
         cells.reserveCapacity(rowCount)
         for row in 0..<Int32(rowCount) {
-            cells.append((0..<Int32(columnCount)).map { column in
-                PQgetisnull(result, row, column) == 1 ? nil : String(cString: PQgetvalue(result, row, column))
-            })
+            cells.append(
+                (0..<Int32(columnCount)).map { column in
+                    PQgetisnull(result, row, column) == 1 ? nil : String(cString: PQgetvalue(result, row, column))
+                })
         }
         return PostgresRows(columns: columns, cells: cells, affectedRows: rowCount)
     }

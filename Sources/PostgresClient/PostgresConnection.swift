@@ -28,7 +28,9 @@ public actor PostgresConnection {
     }
 
     /// Opens a connection (at most `connectTimeout`).
-    public static func connect(configuration: PostgresConfiguration, logger: Logger = Logger(label: "ringing.postgres")) async throws(PostgresError) -> PostgresConnection {
+    public static func connect(configuration: PostgresConfiguration, logger: Logger = Logger(label: "ringing.postgres"))
+        async throws(PostgresError) -> PostgresConnection
+    {
         let connection = PostgresConnection(configuration: configuration, logger: logger)
         try await connection.open()
         return connection

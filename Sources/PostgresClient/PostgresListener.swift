@@ -23,7 +23,9 @@ public final class PostgresListener: Sendable {
     private let logger: Logger
     private let inbox = Inbox<Bool>()
 
-    public init(configuration: PostgresConfiguration, channels: [String], logger: Logger = Logger(label: "ringing.postgres.listen")) {
+    public init(
+        configuration: PostgresConfiguration, channels: [String], logger: Logger = Logger(label: "ringing.postgres.listen")
+    ) {
         (events, continuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
         self.configuration = configuration
         self.channels = channels
@@ -35,7 +37,8 @@ public final class PostgresListener: Sendable {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                 let thread = Thread { [configuration, channels, logger, inbox, continuation] in
-                    Self.loop(configuration: configuration, channels: channels, logger: logger, inbox: inbox, events: continuation)
+                    Self.loop(
+                        configuration: configuration, channels: channels, logger: logger, inbox: inbox, events: continuation)
                     continuation.finish()
                     done.resume()
                 }
@@ -47,8 +50,10 @@ public final class PostgresListener: Sendable {
         }
     }
 
-    private static func loop(configuration: PostgresConfiguration, channels: [String], logger: Logger, inbox: Inbox<Bool>,
-                             events: AsyncStream<PostgresListenerEvent>.Continuation) {
+    private static func loop(
+        configuration: PostgresConfiguration, channels: [String], logger: Logger, inbox: Inbox<Bool>,
+        events: AsyncStream<PostgresListenerEvent>.Continuation
+    ) {
         var connection: LibPQConnection?
         var backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(5))
         var retryAt = ContinuousClock.now
@@ -66,7 +71,8 @@ public final class PostgresListener: Sendable {
                 } catch {
                     let delay = backoff.next()
                     retryAt = ContinuousClock.now + delay
-                    logger.warning("PostgreSQL listener cannot connect; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+                    logger.warning(
+                        "PostgreSQL listener cannot connect; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
                 }
             }
             if let current = connection {

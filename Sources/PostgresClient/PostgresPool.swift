@@ -22,8 +22,10 @@ public final class PostgresPool: Sendable {
     private let logger: Logger
     private let state = Mutex(State())
 
-    public init(configuration: PostgresConfiguration, size: Int = 4, acquireTimeout: Duration = .seconds(30),
-                logger: Logger = Logger(label: "ringing.postgres")) {
+    public init(
+        configuration: PostgresConfiguration, size: Int = 4, acquireTimeout: Duration = .seconds(30),
+        logger: Logger = Logger(label: "ringing.postgres")
+    ) {
         precondition(size > 0, "a pool needs at least one connection")
         self.configuration = configuration
         self.size = size
@@ -66,7 +68,10 @@ public final class PostgresPool: Sendable {
     public func close() async {
         let (idle, waiters) = state.withLock { state in
             state.closed = true
-            defer { state.idle.removeAll(); state.waiters.removeAll() }
+            defer {
+                state.idle.removeAll()
+                state.waiters.removeAll()
+            }
             return (state.idle, state.waiters)
         }
         for waiter in waiters { waiter.continuation.resume(throwing: PostgresError(.closed, "the pool is closed")) }

@@ -105,7 +105,9 @@ extension Data: PostgresCodable {
 
     public init?(postgresText: String) {
         let utf8 = Array(postgresText.utf8)
-        guard utf8.count >= 2, utf8[0] == UInt8(ascii: "\\"), utf8[1] == UInt8(ascii: "x"), utf8.count % 2 == 0 else { return nil }
+        guard utf8.count >= 2, utf8[0] == UInt8(ascii: "\\"), utf8[1] == UInt8(ascii: "x"), utf8.count % 2 == 0 else {
+            return nil
+        }
         func nibble(_ c: UInt8) -> UInt8? {
             switch c {
             case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
@@ -141,7 +143,8 @@ extension Date: PostgresCodable {
             let text = String(value)
             return String(repeating: "0", count: max(0, width - text.count)) + text
         }
-        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(seconds / 3600, 2)):\(pad(seconds / 60 % 60, 2)):\(pad(seconds % 60, 2)).\(pad(fraction, 6))Z"
+        return
+            "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(seconds / 3600, 2)):\(pad(seconds / 60 % 60, 2)):\(pad(seconds % 60, 2)).\(pad(fraction, 6))Z"
     }
 
     /// Parses the ISO output of a `timestamptz` in a UTC session: `2026-11-24 18:46:02.123456+00`.
@@ -174,7 +177,9 @@ extension Date: PostgresCodable {
         var offsetSeconds: Int64 = 0
         if index < u.count {
             let sign: Int64 = u[index] == UInt8(ascii: "-") ? -1 : 1
-            guard u[index] == UInt8(ascii: "+") || u[index] == UInt8(ascii: "-") || u[index] == UInt8(ascii: "Z") else { return nil }
+            guard u[index] == UInt8(ascii: "+") || u[index] == UInt8(ascii: "-") || u[index] == UInt8(ascii: "Z") else {
+                return nil
+            }
             if u[index] != UInt8(ascii: "Z") {
                 guard let hours = number(index + 1..<index + 3) else { return nil }
                 var minutes: Int64 = 0
@@ -234,14 +239,15 @@ extension Array: PostgresEncodable where Element: PostgresArrayElement {
 
     /// `{"a","b"}`: every element quoted, so commas, braces and spaces need no thought.
     public var postgresText: String {
-        "{" + map { element in
-            var quoted = "\""
-            for character in element.postgresText {
-                if character == "\"" || character == "\\" { quoted.append("\\") }
-                quoted.append(character)
-            }
-            return quoted + "\""
-        }.joined(separator: ",") + "}"
+        "{"
+            + map { element in
+                var quoted = "\""
+                for character in element.postgresText {
+                    if character == "\"" || character == "\\" { quoted.append("\\") }
+                    quoted.append(character)
+                }
+                return quoted + "\""
+            }.joined(separator: ",") + "}"
     }
 }
 
@@ -265,9 +271,13 @@ extension Array: PostgresDecodable where Element: PostgresArrayElement {
         }
         while let c = chars.next() {
             if inQuotes {
-                if c == "\\" { if let next = chars.next() { current.append(next) } }
-                else if c == "\"" { inQuotes = false }
-                else { current.append(c) }
+                if c == "\\" {
+                    if let next = chars.next() { current.append(next) }
+                } else if c == "\"" {
+                    inQuotes = false
+                } else {
+                    current.append(c)
+                }
             } else if c == "\"" {
                 inQuotes = true
                 quoted = true

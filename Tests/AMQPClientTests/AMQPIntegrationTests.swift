@@ -3,8 +3,8 @@ import AMQPClient
 import Foundation
 import Logging
 import Synchronization
-import Testing
 import TestSupport
+import Testing
 
 /// Serialized: one of them restarts the broker under the others' feet otherwise.
 @Suite(.serialized) struct AMQPIntegrationTests {
@@ -32,9 +32,10 @@ import TestSupport
                 for index in 0..<count {
                     if index >= 500 { try await group.next() }
                     group.addTask {
-                        try await amqp.publish(AMQPMessage(
-                            exchange: "", routingKey: queue, body: Data("\(index)".utf8),
-                            properties: AMQPProperties(deliveryMode: .persistent, messageID: "m\(index)")))
+                        try await amqp.publish(
+                            AMQPMessage(
+                                exchange: "", routingKey: queue, body: Data("\(index)".utf8),
+                                properties: AMQPProperties(deliveryMode: .persistent, messageID: "m\(index)")))
                     }
                 }
                 try await group.waitForAll()
@@ -62,14 +63,17 @@ import TestSupport
     @Test func anUnroutableMandatoryMessageSurfacesAsAnError() async throws {
         try await connection { amqp in
             let exchange = TestEnvironment.uniqueName("x_nowhere")
-            try await amqp.declare(AMQPTopology(exchanges: [AMQPExchange(exchange, kind: .topic, durable: false, autoDelete: true)]), remember: false)
+            try await amqp.declare(
+                AMQPTopology(exchanges: [AMQPExchange(exchange, kind: .topic, durable: false, autoDelete: true)]), remember: false
+            )
             await #expect {
                 try await amqp.publish(AMQPMessage(exchange: exchange, routingKey: "no.queue", body: Data("x".utf8)))
             } throws: { error in
                 (error as? AMQPError)?.code == .unroutable && "\(error)".contains("no.queue")
             }
             // The same message without `mandatory` is confirmed (and dropped by the broker).
-            try await amqp.publish(AMQPMessage(exchange: exchange, routingKey: "no.queue", body: Data("x".utf8), mandatory: false))
+            try await amqp.publish(
+                AMQPMessage(exchange: exchange, routingKey: "no.queue", body: Data("x".utf8), mandatory: false))
         }
     }
 
@@ -98,7 +102,8 @@ import TestSupport
         try await connection { amqp in
             try await amqp.declare(AMQPTopology(queues: [.quorum(queue)]), remember: false)
             await #expect {
-                try await amqp.declare(AMQPTopology(queues: [AMQPQueue(queue, arguments: ["x-queue-type": "classic"])]), remember: false)
+                try await amqp.declare(
+                    AMQPTopology(queues: [AMQPQueue(queue, arguments: ["x-queue-type": "classic"])]), remember: false)
             } throws: { error in
                 let error = error as? AMQPError
                 return error?.replyCode == 406 && error?.message.contains(queue) == true
@@ -113,18 +118,23 @@ import TestSupport
         let deadLetters = TestEnvironment.uniqueName("q_dead")
         let work = TestEnvironment.uniqueName("q_work")
         try await connection { amqp in
-            try await amqp.declare(AMQPTopology(
-                exchanges: [AMQPExchange(exchange, kind: .fanout, durable: false, autoDelete: true)],
-                queues: [
-                    .quorum(deadLetters),
-                    .quorum(work, arguments: [
-                        "x-dead-letter-exchange": .string(exchange), "x-dead-letter-strategy": "at-least-once",
-                        "x-overflow": "reject-publish", "x-delivery-limit": 5,
-                    ]),
-                ],
-                bindings: [AMQPBinding(queue: deadLetters, exchange: exchange, routingKey: "")]), remember: false)
-            try await amqp.publish(AMQPMessage(exchange: "", routingKey: work, body: Data("poison".utf8),
-                                               properties: AMQPProperties(messageID: "poison-1")))
+            try await amqp.declare(
+                AMQPTopology(
+                    exchanges: [AMQPExchange(exchange, kind: .fanout, durable: false, autoDelete: true)],
+                    queues: [
+                        .quorum(deadLetters),
+                        .quorum(
+                            work,
+                            arguments: [
+                                "x-dead-letter-exchange": .string(exchange), "x-dead-letter-strategy": "at-least-once",
+                                "x-overflow": "reject-publish", "x-delivery-limit": 5,
+                            ]),
+                    ],
+                    bindings: [AMQPBinding(queue: deadLetters, exchange: exchange, routingKey: "")]), remember: false)
+            try await amqp.publish(
+                AMQPMessage(
+                    exchange: "", routingKey: work, body: Data("poison".utf8),
+                    properties: AMQPProperties(messageID: "poison-1")))
             let consumer = try await amqp.consume(queue: work)
             for try await delivery in consumer {
                 if how == "nack" { delivery.nack(requeue: false) } else { delivery.reject(requeue: false) }
@@ -135,7 +145,8 @@ import TestSupport
             for try await delivery in dead {
                 #expect(delivery.properties.messageID == "poison-1")
                 #expect(String(decoding: delivery.body, as: UTF8.self) == "poison")
-                #expect(delivery.properties.headers["x-death"] != nil || delivery.properties.headers["x-first-death-queue"] != nil)
+                #expect(
+                    delivery.properties.headers["x-death"] != nil || delivery.properties.headers["x-first-death-queue"] != nil)
                 delivery.ack()
                 break
             }
@@ -151,8 +162,10 @@ import TestSupport
         try await connection { amqp in
             try await amqp.declare(AMQPTopology(queues: [.quorum(queue)]))
             for index in 0..<total / 2 {
-                try await amqp.publish(AMQPMessage(exchange: "", routingKey: queue, body: Data("\(index)".utf8),
-                                                   properties: AMQPProperties(deliveryMode: .persistent)))
+                try await amqp.publish(
+                    AMQPMessage(
+                        exchange: "", routingKey: queue, body: Data("\(index)".utf8),
+                        properties: AMQPProperties(deliveryMode: .persistent)))
             }
             let consumer = try await amqp.consume(queue: queue, prefetch: 10)
             var acked = Set<Int>()
@@ -167,8 +180,10 @@ import TestSupport
             try StackServer.broker.start()
             // Publishing waits for the new connection; the rest of the messages follow.
             for index in total / 2..<total {
-                try await amqp.publish(AMQPMessage(exchange: "", routingKey: queue, body: Data("\(index)".utf8),
-                                                   properties: AMQPProperties(deliveryMode: .persistent)))
+                try await amqp.publish(
+                    AMQPMessage(
+                        exchange: "", routingKey: queue, body: Data("\(index)".utf8),
+                        properties: AMQPProperties(deliveryMode: .persistent)))
             }
             #expect(amqp.reconnectCount > reconnectsBefore)
             var afterRestart = Set<Int>()

@@ -1,8 +1,9 @@
-// Unit tests: URL parsing and conversions between Swift values and rabbitmq-c structs.
-@testable import AMQPClient
 import CRabbitMQ
 import DedicatedThreads
 import Testing
+
+// Unit tests: URL parsing and conversions between Swift values and rabbitmq-c structs.
+@testable import AMQPClient
 
 @Suite struct AMQPURLTests {
     @Test func parsesEveryPart() throws {
@@ -85,7 +86,10 @@ import Testing
         #expect(limit == .int64(5))
         #expect(limit.intValue == 5)
         #expect(AMQPFieldValue.bytes(Array("x".utf8)).stringValue == "x")
-        #expect(AMQPQueue.quorum("q", arguments: ["x-delivery-limit": 3]).arguments == ["x-queue-type": "quorum", "x-delivery-limit": 3])
+        #expect(
+            AMQPQueue.quorum("q", arguments: ["x-delivery-limit": 3]).arguments == [
+                "x-queue-type": "quorum", "x-delivery-limit": 3,
+            ])
     }
 
     @Test func backoffGrowsToItsMaximumAndResets() {

@@ -1,8 +1,8 @@
 // Integration tests against the real PostgreSQL of the local stack (scripts/stack start).
 import Foundation
 import PostgresClient
-import Testing
 import TestSupport
+import Testing
 
 /// Serialized: one of them restarts the server under the others' feet otherwise.
 @Suite(.serialized) struct PostgresIntegrationTests {
@@ -30,7 +30,8 @@ import TestSupport
         let id = UUID()
         let when = Date(timeIntervalSince1970: 1_764_009_962.25)
         let bytes = Data([0, 1, 2, 255])
-        let row = try await pool.query("""
+        let row = try await pool.query(
+            """
             SELECT \(id) AS id, \(when) AS at, \(bytes) AS raw, \("it's") AS text, \(42) AS n, \(true) AS yes,
                    \(["a", "b c"]) AS list, \(PostgresJSONB(#"{"k":1}"#)) AS doc, \(Optional<String>.none) AS nothing
             """)[0]
@@ -59,7 +60,9 @@ import TestSupport
                     throw Abort()
                 }
             }
-            let names = try await pool.query("SELECT name FROM \(identifier: table) ORDER BY id").map { try $0.decode(String.self, at: 0) }
+            let names = try await pool.query("SELECT name FROM \(identifier: table) ORDER BY id").map {
+                try $0.decode(String.self, at: 0)
+            }
             #expect(names == ["kept"])
         }
         await pool.close()

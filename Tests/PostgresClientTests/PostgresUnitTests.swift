@@ -1,11 +1,13 @@
 // Unit tests: URL parsing, value conversions and query building, without a server.
 import Foundation
-@testable import PostgresClient
 import Testing
+
+@testable import PostgresClient
 
 @Suite struct PostgresConfigurationTests {
     @Test func parsesEveryPart() throws {
-        let c = try PostgresConfiguration(url: "postgres://ringing:p%40ss@db.example:6543/calls?sslmode=disable&application_name=cc&connect_timeout=3")
+        let c = try PostgresConfiguration(
+            url: "postgres://ringing:p%40ss@db.example:6543/calls?sslmode=disable&application_name=cc&connect_timeout=3")
         #expect(c.host == "db.example")
         #expect(c.port == 6543)
         #expect(c.user == "ringing")

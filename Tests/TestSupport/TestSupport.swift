@@ -36,7 +36,8 @@ public enum StackServer: String, Sendable {
         try process.run()
         process.waitUntilExit()
         guard process.terminationStatus == 0 else {
-            throw StackError(message: "scripts/stack \(arguments.joined(separator: " ")) exited with \(process.terminationStatus)")
+            throw StackError(
+                message: "scripts/stack \(arguments.joined(separator: " ")) exited with \(process.terminationStatus)")
         }
     }
 }
