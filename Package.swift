@@ -49,6 +49,8 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The ringing rules: a pure state machine, no I/O.
+        .target(name: "CallRules", swiftSettings: strict),
         // Micro benchmark: the Swift AMQP layer next to raw rabbitmq-c calls.
         .executableTarget(
             name: "AMQPBenchmark",
@@ -62,6 +64,7 @@ let package = Package(
             dependencies: ["AMQPClient", "CRabbitMQ", "DedicatedThreads", "TestSupport"],
             swiftSettings: strict
         ),
+        .testTarget(name: "CallRulesTests", dependencies: ["CallRules"], swiftSettings: strict),
         .testTarget(
             name: "PostgresClientTests",
             dependencies: ["PostgresClient", "TestSupport"],
