@@ -15,7 +15,9 @@ let package = Package(
         .library(name: "PostgresClient", targets: ["PostgresClient"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-log", from: "1.6.0")
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/vapor/jwt-kit", from: "5.8.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // C libraries, from Debian's -dev packages (see scripts/stack).
@@ -51,6 +53,50 @@ let package = Package(
         ),
         // The ringing rules: a pure state machine, no I/O.
         .target(name: "CallRules", swiftSettings: strict),
+        // The wire contract of DESIGN §2: requests, replies, events, notifications as JSON.
+        .target(name: "RingingContract", dependencies: ["CallRules"], swiftSettings: strict),
+        // Auth tokens (HS256 JWT): verification for the services, minting for development.
+        .target(
+            name: "RingingAuth",
+            dependencies: ["CallRules", "RingingContract", .product(name: "JWTKit", package: "jwt-kit")],
+            swiftSettings: strict
+        ),
+        // PostgreSQL persistence of calls: migrations, sessions, idempotency, outbox, groups.
+        .target(
+            name: "CallStore",
+            dependencies: ["CallRules", "RingingContract", "PostgresClient"],
+            swiftSettings: strict
+        ),
+        // What both services share: topology, request envelopes, configuration, publishing.
+        .target(
+            name: "RingingService",
+            dependencies: [
+                "AMQPClient", "PostgresClient", "CallRules", "RingingContract", "CallStore",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // The call-control service: workers, ring timer, outbox relay.
+        .target(
+            name: "CallControl",
+            dependencies: [
+                "AMQPClient", "PostgresClient", "CallRules", "RingingContract", "RingingAuth", "CallStore", "RingingService",
+                "DedicatedThreads",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "call-control",
+            dependencies: [
+                "CallControl",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/CallControlMain",
+            swiftSettings: strict
+        ),
         // Micro benchmark: the Swift AMQP layer next to raw rabbitmq-c calls.
         .executableTarget(
             name: "AMQPBenchmark",
@@ -58,13 +104,26 @@ let package = Package(
             swiftSettings: strict
         ),
         // Test helpers shared by the integration tests (server addresses, stack restarts).
-        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+        .target(
+            name: "TestSupport",
+            dependencies: ["AMQPClient", "CallRules", "RingingContract"],
+            path: "Tests/TestSupport",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "AMQPClientTests",
             dependencies: ["AMQPClient", "CRabbitMQ", "DedicatedThreads", "TestSupport"],
             swiftSettings: strict
         ),
         .testTarget(name: "CallRulesTests", dependencies: ["CallRules"], swiftSettings: strict),
+        .testTarget(
+            name: "CallControlTests",
+            dependencies: [
+                "CallControl", "CallRules", "RingingContract", "RingingAuth", "CallStore", "AMQPClient", "PostgresClient",
+                "TestSupport", .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "PostgresClientTests",
             dependencies: ["PostgresClient", "TestSupport"],

@@ -152,9 +152,9 @@ public final class AMQPConnection: Sendable {
         let id = nextConsumerID.wrappingAdd(1, ordering: .relaxed).oldValue
         let spec = ConsumerSpec(
             id: id, queue: queue, prefetch: prefetch, noAck: noAck, exclusive: exclusive, arguments: arguments)
-        let (stream, continuation) = AsyncThrowingStream<AMQPDelivery, any Error>.makeStream()
-        try await perform { .consume(spec, continuation, $0) }
-        return AMQPConsumer(stream: stream, id: id, inbox: inbox)
+        let buffer = DeliveryBuffer()
+        try await perform { .consume(spec, buffer, $0) }
+        return AMQPConsumer(buffer: buffer, id: id, inbox: inbox)
     }
 
     private func perform<T: Sendable>(_ command: (CheckedContinuation<T, any Error>) -> ConnectionCommand) async throws -> T {
@@ -163,24 +163,6 @@ public final class AMQPConnection: Sendable {
                 continuation.resume(throwing: AMQPError(.shutdown, "the connection has been shut down"))
             }
         }
-    }
-}
-
-/// The deliveries of one consumer. Iterate it once; `cancel()` stops the consumer.
-public struct AMQPConsumer: AsyncSequence, Sendable {
-    public typealias Element = AMQPDelivery
-    let stream: AsyncThrowingStream<AMQPDelivery, any Error>
-    let id: Int
-    let inbox: Inbox<ConnectionCommand>
-
-    public func makeAsyncIterator() -> AsyncThrowingStream<AMQPDelivery, any Error>.AsyncIterator {
-        stream.makeAsyncIterator()
-    }
-
-    /// Tells the broker to stop delivering (`basic.cancel`) and ends the sequence. Deliveries
-    /// not yet settled stay with the consumer's channel and may still be settled.
-    public func cancel() {
-        _ = inbox.send(.cancelConsumer(id: id))
     }
 }
 
@@ -219,7 +201,7 @@ enum ConnectionCommand: Sendable {
     case declare(AMQPTopology, remember: Bool, CheckedContinuation<Void, any Error>)
     case deleteQueue(String, CheckedContinuation<UInt32, any Error>)
     case purgeQueue(String, CheckedContinuation<UInt32, any Error>)
-    case consume(ConsumerSpec, AsyncThrowingStream<AMQPDelivery, any Error>.Continuation, CheckedContinuation<Void, any Error>)
+    case consume(ConsumerSpec, DeliveryBuffer, CheckedContinuation<Void, any Error>)
     case cancelConsumer(id: Int)
     case settle(generation: UInt64, channel: UInt16, deliveryTag: UInt64, Settlement.Kind)
     case whenConnected(CheckedContinuation<Void, any Error>)

@@ -212,6 +212,9 @@ final class ConnectionLoop {
     private func dropConnection(_ error: AMQPError, destroy: Bool) {
         guard let state = connection else { return }
         connection = nil
+        // Deliveries from this connection are stale from now on, not only after a reconnect.
+        generation += 1
+        status.generation.store(generation, ordering: .relaxed)
         status.connected.store(false, ordering: .relaxed)
         if destroy { amqp_destroy_connection(state) }
         let lost = AMQPError(.connectionLost, "connection lost before the broker confirmed: \(error.message)")
@@ -691,7 +694,7 @@ struct WaitingRequest {
 
 struct ConsumerRecord {
     let spec: ConsumerSpec
-    let stream: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation
+    let stream: DeliveryBuffer
     var channel: UInt16?
     var tag = ""
 }

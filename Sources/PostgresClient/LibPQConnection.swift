@@ -37,6 +37,9 @@ final class LibPQConnection {
                 .connectionFailed,
                 "cannot connect to \(configuration.redactedURL): \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
+        // Server notices ("relation already exists, skipping") are not errors; libpq would
+        // print them on stderr.
+        PQsetNoticeProcessor(connection, { _, _ in }, nil)
         handle = connection
     }
 

@@ -67,7 +67,7 @@ public actor PostgresConnection {
     @discardableResult
     public func withTransaction<T: Sendable>(
         _ isolation: IsolationLevel = .readCommitted,
-        _ body: (isolated PostgresConnection) throws -> T
+        _ body: @Sendable (isolated PostgresConnection) throws -> T
     ) throws -> T {
         precondition(!inTransaction, "withTransaction does not nest")
         inTransaction = true

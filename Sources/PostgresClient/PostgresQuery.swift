@@ -48,6 +48,12 @@ public struct PostgresQuery: Sendable, Hashable, ExpressibleByStringInterpolatio
             sql += "$\(binds.count)"
         }
 
+        /// SQL text fixed at compile time (a shared column list): a `StaticString` cannot hold
+        /// a runtime value, so this cannot splice data into the statement.
+        public mutating func appendInterpolation(fragment: StaticString) {
+            sql += fragment.description
+        }
+
         /// A quoted identifier (`"name"`), for the few statements that take no parameters
         /// where a name goes (`CREATE DATABASE`, `LISTEN`).
         public mutating func appendInterpolation(identifier: String) {

@@ -49,6 +49,7 @@ public struct StackError: Error, CustomStringConvertible {
 
 public struct TimedOut: Error, CustomStringConvertible {
     public let what: String
+    public init(what: String) { self.what = what }
     public var description: String { "timed out waiting for \(what)" }
 }
 

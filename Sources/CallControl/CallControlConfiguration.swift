@@ -1,0 +1,44 @@
+// Settings of the call-control service, read from the environment (DESIGN §6).
+public import AMQPClient
+public import PostgresClient
+import RingingAuth
+public import RingingService
+
+public struct CallControlConfiguration: Sendable {
+    public var amqp: AMQPURL
+    public var database: PostgresConfiguration
+    public var authSecret: String
+    /// Consumers per instance, each with its own channel and database connection.
+    public var workers: Int
+    /// Unacknowledged deliveries per worker.
+    public var prefetch: Int
+    /// Requests applied in one transaction at most.
+    public var batchSize: Int
+    /// How long an outbox message may wait for its own publisher before any instance
+    /// republishes it.
+    public var outboxGrace: Duration
+    /// Shown in logs and in the broker's connection list.
+    public var instanceName: String
+
+    public init(environment: Environment = Environment()) throws {
+        amqp = try environment.amqpURL()
+        database = try environment.database()
+        authSecret = environment.string("RINGING_AUTH_SECRET", default: AuthTokens.developmentSecret)
+        workers = try environment.integer("RINGING_CALL_CONTROL_WORKERS", default: 4, in: 1...64)
+        prefetch = try environment.integer("RINGING_PREFETCH", default: 64, in: 1...10_000)
+        batchSize = try environment.integer("RINGING_BATCH_SIZE", default: 32, in: 1...1_000)
+        outboxGrace = .seconds(try environment.integer("RINGING_OUTBOX_GRACE_S", default: 5, in: 1...3600))
+        instanceName = environment.string("RINGING_INSTANCE", default: "call-control-\(ProcessID.current)")
+        database.applicationName = instanceName
+    }
+
+    public var usesDevelopmentSecret: Bool { authSecret == AuthTokens.developmentSecret }
+}
+
+enum ProcessID {
+    static var current: Int32 { getpid() }
+}
+
+#if canImport(Glibc)
+    import Glibc
+#endif

@@ -1,0 +1,367 @@
+// The call-control service: consumes call.* and group.* requests, applies them with the
+// ringing rules in PostgreSQL, publishes events, notifications and replies, fires ring
+// deadlines and republishes what a dead instance left in the outbox.
+import AMQPClient
+import CallRules
+import CallStore
+import DedicatedThreads
+import Foundation
+public import Logging
+import PostgresClient
+import RingingAuth
+import RingingContract
+import RingingService
+public import ServiceLifecycle
+import Synchronization
+
+public final class CallControlService: Service, Sendable {
+    public let configuration: CallControlConfiguration
+    let logger: Logger
+    let publisher: AMQPConnection
+    let consumerConnection: AMQPConnection
+    let pool: PostgresPool
+    let listener: PostgresListener
+    let auth: AuthTokens
+    let ringTimer = Doorbell()
+    private let readyBell = Doorbell()
+    private let ready = Atomic<Bool>(false)
+
+    /// True once migrations ran, the topology is declared and the consumers are started.
+    public var isReady: Bool { ready.load(ordering: .relaxed) }
+
+    /// Waits until `isReady` (or the task is cancelled).
+    public func waitUntilReady() async {
+        while !isReady && !Task.isCancelled { await readyBell.wait(timeout: .seconds(1)) }
+    }
+
+    public init(configuration: CallControlConfiguration, logger: Logger) async throws {
+        self.configuration = configuration
+        self.logger = logger
+        var publishing = AMQPConfiguration(url: configuration.amqp, connectionName: "\(configuration.instanceName) publish")
+        publishing.confirmWindow = 2000
+        publisher = AMQPConnection(configuration: publishing, logger: logger)
+        consumerConnection = AMQPConnection(
+            configuration: AMQPConfiguration(url: configuration.amqp, connectionName: "\(configuration.instanceName) consume"),
+            logger: logger)
+        pool = PostgresPool(
+            configuration: configuration.database, size: configuration.workers + 2, acquireTimeout: .seconds(30), logger: logger)
+        listener = PostgresListener(configuration: configuration.database, channels: ["ring_deadline"], logger: logger)
+        auth = try await AuthTokens(secret: configuration.authSecret)
+    }
+
+    /// Runs until cancelled or until a graceful shutdown (SIGTERM under a ServiceGroup): then
+    /// stops taking requests, finishes the batches in hand, and closes the connections.
+    public func run() async throws {
+        if configuration.usesDevelopmentSecret {
+            logger.warning("RINGING_AUTH_SECRET is not set: using the development secret, which anybody can mint tokens with")
+        }
+        try await withThrowingTaskGroup(of: Void.self) { connections in
+            connections.addTask { await self.publisher.run() }
+            connections.addTask { await self.consumerConnection.run() }
+            connections.addTask { await self.listener.run() }
+            defer { connections.cancelAll() }
+            try await migrate()
+            try await declareTopology()
+            logger.info(
+                "call-control ready",
+                metadata: ["workers": "\(configuration.workers)", "instance": "\(configuration.instanceName)"])
+            try await withThrowingTaskGroup(of: Void.self) { work in
+                var consumers: [AMQPConsumer] = []
+                for index in 0..<configuration.workers {
+                    let consumer = try await consumerConnection.consume(
+                        queue: Topology.callControlQueue, prefetch: UInt16(configuration.prefetch))
+                    consumers.append(consumer)
+                    work.addTask { try await self.work(consumer, worker: index) }
+                }
+                work.addTask { await cancelWhenGracefulShutdown { await self.runRingTimer() } }
+                work.addTask { await cancelWhenGracefulShutdown { await self.runOutboxRelay() } }
+                work.addTask { await cancelWhenGracefulShutdown { await self.forwardDeadlineNotifications() } }
+                ready.store(true, ordering: .relaxed)
+                readyBell.ring()
+                // Stop taking work on a graceful shutdown (or cancellation); workers then
+                // finish what they hold and return.
+                try? await gracefulShutdown()
+                logger.info("call-control stopping: no new requests, finishing the ones in hand")
+                for consumer in consumers { consumer.cancel() }
+                try await work.waitForAll()
+            }
+            await pool.close()
+        }
+    }
+
+    // MARK: - Start
+
+    private func migrate() async throws {
+        var backoff = Backoff(initial: .milliseconds(200), maximum: .seconds(5))
+        while true {
+            do {
+                let applied = try await pool.withConnection { try await Migrations.apply($0) }
+                if !applied.isEmpty { logger.notice("database migrated", metadata: ["versions": "\(applied)"]) }
+                return
+            } catch let error as PostgresError where error.isTransient {
+                let delay = backoff.next()
+                logger.warning(
+                    "database not reachable for migrations; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+                try await Task.sleep(for: delay)
+            }
+        }
+    }
+
+    private func declareTopology() async throws {
+        while true {
+            do {
+                try await publisher.declare(RingingTopology.declaration)
+                return
+            } catch let error as AMQPError where error.code == .timeout || error.code == .connectionLost {
+                logger.warning("broker not reachable to declare the topology; retrying", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    // MARK: - Requests
+
+    private func work(_ consumer: AMQPConsumer, worker: Int) async throws {
+        var logger = self.logger
+        logger[metadataKey: "worker"] = "\(worker)"
+        while let batch = try await consumer.nextBatch(max: configuration.batchSize) {
+            await handle(batch, logger: logger)
+        }
+    }
+
+    /// One batch: check and authenticate each request, apply the good ones in one
+    /// transaction, publish what it committed, then settle every delivery.
+    func handle(_ batch: [AMQPDelivery], logger: Logger) async {
+        var jobs: [(AMQPDelivery, RequestEnvelope, Job)] = []
+        var refused: [(AMQPDelivery, RequestEnvelope?, CallError)] = []
+        for delivery in batch {
+            let envelope: RequestEnvelope
+            do { envelope = try RequestEnvelope(delivery) } catch {
+                refused.append((delivery, nil, error))
+                continue
+            }
+            do {
+                let request = try RequestParser.parse(routingKey: delivery.routingKey, body: delivery.body)
+                let user = try await auth.verify(request.authToken ?? "")
+                jobs.append(
+                    (
+                        delivery, envelope,
+                        Job(messageID: envelope.messageID, traceparent: envelope.traceparent, request: request, user: user)
+                    ))
+            } catch {
+                refused.append((delivery, envelope, error))
+            }
+        }
+
+        guard let outcomes = await applyWithRetry(jobs.map(\.2), stillHeld: jobs.map(\.0), logger: logger) else { return }
+
+        // Publish: replies (including refusals) and every committed event and notification.
+        var messages: [AMQPMessage] = []
+        var outboxIDs: [Int64] = []
+        for ((_, envelope, job), outcome) in zip(jobs, outcomes) {
+            messages.append(contentsOf: outcome.outbox.map(\.amqpMessage))
+            outboxIDs.append(contentsOf: outcome.outbox.map(\.id))
+            if let reply = envelope.reply(outcome.reply) { messages.append(reply) }
+            logger.debug(
+                "request applied",
+                metadata: [
+                    "message_id": "\(job.messageID)", "type": "\(job.request.type.rawValue)", "outcome": "\(outcome.code)",
+                    "session_id": "\(outcome.sessionID?.uuidString.lowercased() ?? "-")",
+                ])
+        }
+        for (delivery, envelope, error) in refused {
+            logger.info(
+                "request refused",
+                metadata: [
+                    "message_id": "\(delivery.properties.messageID ?? "-")", "type": "\(delivery.routingKey)",
+                    "error": "\(error)",
+                ])
+            if let reply = envelope?.reply(WireReply.error(error).encoded()) ?? Self.bareReply(delivery, error) {
+                messages.append(reply)
+            }
+        }
+        guard await publishWithRetry(messages, stillHeld: batch, logger: logger) else { return }
+        if !outboxIDs.isEmpty {
+            do { try await pool.withConnection { try await CallStore.deleteOutbox($0, ids: outboxIDs) } } catch {
+                logger.warning(
+                    "could not clear published outbox rows; the relay will republish them", metadata: ["error": "\(error)"])
+            }
+        }
+        for (delivery, _, _) in jobs { delivery.ack() }
+        for (delivery, _, error) in refused {
+            // Malformed requests go to calls.dead-letter; refusals of well-formed ones are answered and done.
+            if error.code == .invalidRequest { delivery.reject(requeue: false) } else { delivery.ack() }
+        }
+    }
+
+    /// A reply for a request whose envelope could not be read (no message_id): still answered
+    /// when it says where.
+    private static func bareReply(_ delivery: AMQPDelivery, _ error: CallError) -> AMQPMessage? {
+        guard let replyTo = delivery.properties.replyTo, !replyTo.isEmpty else { return nil }
+        return AMQPMessage(
+            exchange: "", routingKey: replyTo, body: WireReply.error(error).encoded(),
+            properties: AMQPProperties(contentType: "application/json", correlationID: delivery.properties.correlationID),
+            mandatory: false)
+    }
+
+    /// Runs the batch's transaction until it commits. A transient failure (database away,
+    /// deadlock) is retried with backoff while the deliveries are still held; a conflict that
+    /// aborts the batch (two requests racing for one user's active call) is retried one
+    /// request per transaction, so each gets its own answer. Returns nil when the deliveries
+    /// went stale meanwhile (the broker delivers them again).
+    private func applyWithRetry(_ jobs: [Job], stillHeld: [AMQPDelivery], logger: Logger) async -> [JobOutcome]? {
+        guard !jobs.isEmpty else { return [] }
+        var backoff = Backoff(initial: .milliseconds(50), maximum: .seconds(5))
+        var oneByOne = false
+        while true {
+            if stillHeld.contains(where: \.isStale) { return nil }
+            do {
+                if oneByOne {
+                    var outcomes: [JobOutcome] = []
+                    for job in jobs { outcomes.append(try await applyAlone(job)) }
+                    return outcomes
+                }
+                return try await pool.withConnection { connection in
+                    try await connection.withTransaction { db in try RequestProcessor.process(db, jobs) }
+                }
+            } catch let error as PostgresError where error.sqlState == .uniqueViolation && !oneByOne {
+                oneByOne = true
+            } catch {
+                // Cancelled (shutting down): leave the deliveries unsettled; the broker gives
+                // them to another instance.
+                if Task.isCancelled { return nil }
+                let delay = backoff.next()
+                logger.warning(
+                    "applying requests failed; retrying",
+                    metadata: ["error": "\(error)", "retry_in": "\(delay)", "requests": "\(jobs.count)"])
+                try? await Task.sleep(for: delay)
+            }
+        }
+    }
+
+    /// One request in its own transaction; a lost race for the one-active-call index is
+    /// answered `caller_busy` and recorded like any reply.
+    private func applyAlone(_ job: Job) async throws -> JobOutcome {
+        do {
+            return try await pool.withConnection { connection in
+                try await connection.withTransaction { db in try RequestProcessor.process(db, [job]) }[0]
+            }
+        } catch let error as PostgresError where error.sqlState == .uniqueViolation {
+            let outcome = RequestProcessor.failure(CallError(.callerBusy, "user '\(job.user.uid)' is already in another call"))
+            try await pool.withConnection { connection in
+                try await connection.withTransaction { db in
+                    try CallStore.recordProcessed(
+                        db,
+                        ProcessedRequest(
+                            messageID: job.messageID, type: job.request.type.rawValue, actor: job.user.uid,
+                            reply: String(decoding: outcome.reply, as: UTF8.self)))
+                }
+            }
+            return outcome
+        }
+    }
+
+    /// Publishes until every message is confirmed. Gives up only when the deliveries went
+    /// stale: the outbox relay then republishes the committed messages and redelivery
+    /// answers the requests from the idempotency record.
+    private func publishWithRetry(_ messages: [AMQPMessage], stillHeld: [AMQPDelivery], logger: Logger) async -> Bool {
+        var backoff = Backoff(initial: .milliseconds(50), maximum: .seconds(5))
+        while true {
+            do {
+                try await publisher.publishAll(messages)
+                return true
+            } catch {
+                if stillHeld.contains(where: \.isStale) || Task.isCancelled { return false }
+                let delay = backoff.next()
+                logger.warning("publishing failed; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+                try? await Task.sleep(for: delay)
+            }
+        }
+    }
+
+    // MARK: - Ring timer
+
+    private func forwardDeadlineNotifications() async {
+        for await event in listener.events {
+            // A new deadline, or a reconnect after which notifications may have been missed.
+            _ = event
+            ringTimer.ring()
+        }
+    }
+
+    /// Fires due ring deadlines, sleeping until the next one or until a new one is announced.
+    /// Every instance runs it; `SKIP LOCKED` hands each call to exactly one of them, and the
+    /// rules make a second firing a no-op.
+    private func runRingTimer() async {
+        var logger = self.logger
+        logger[metadataKey: "task"] = "ring-timer"
+        while !Task.isCancelled {
+            var wait: Duration = .seconds(5)
+            do {
+                let fired = try await fireDueDeadlines(logger: logger)
+                if fired == 100 { continue }
+                if let seconds = try await pool.withConnection({ try await CallStore.secondsToNextDeadline($0) }) {
+                    wait = .milliseconds(Int64(max(0, min(seconds, 5)) * 1000) + 2)
+                }
+            } catch {
+                logger.warning("ring timer failed; retrying", metadata: ["error": "\(error)"])
+                wait = .seconds(1)
+            }
+            await ringTimer.wait(timeout: wait)
+        }
+    }
+
+    private func fireDueDeadlines(logger: Logger) async throws -> Int {
+        let outbox = try await pool.withConnection { connection in
+            try await connection.withTransaction { db -> ([OutboxMessage], Int) in
+                let now = try CallStore.now(db)
+                let due = try CallStore.lockDueCalls(db, limit: 100)
+                var messages: [OutboxMessage] = []
+                for call in due {
+                    let decision = CallRules.expireIfDue(call, at: now)
+                    guard decision.changed else { continue }
+                    try CallStore.save(db, decision.call, previous: call)
+                    messages.append(
+                        contentsOf: try CallStore.insertOutbox(db, RequestProcessor.messages(for: decision, traceparent: nil)))
+                }
+                return (messages, due.count)
+            }
+        }
+        guard !outbox.0.isEmpty else { return outbox.1 }
+        logger.debug("ring deadlines fired", metadata: ["calls": "\(outbox.1)"])
+        // If publishing fails here, the relay publishes these rows once the grace period passes.
+        try await publisher.publishAll(outbox.0.map(\.amqpMessage))
+        try await pool.withConnection { try await CallStore.deleteOutbox($0, ids: outbox.0.map(\.id)) }
+        return outbox.1
+    }
+
+    // MARK: - Outbox relay
+
+    /// Republishes outbox messages whose publisher died between commit and confirm.
+    private func runOutboxRelay() async {
+        var logger = self.logger
+        logger[metadataKey: "task"] = "outbox-relay"
+        var lastCleanup = ContinuousClock.now
+        while !Task.isCancelled {
+            do {
+                let claimed = try await pool.withConnection { connection in
+                    try await CallStore.claimStaleOutbox(
+                        connection, grace: configuration.outboxGrace, lease: .seconds(30), limit: 500)
+                }
+                if !claimed.isEmpty {
+                    logger.notice(
+                        "republishing outbox messages left by a stopped publisher", metadata: ["count": "\(claimed.count)"])
+                    try await publisher.publishAll(claimed.map(\.amqpMessage))
+                    try await pool.withConnection { try await CallStore.deleteOutbox($0, ids: claimed.map(\.id)) }
+                    if claimed.count == 500 { continue }
+                }
+                if ContinuousClock.now - lastCleanup > .seconds(600) {
+                    lastCleanup = ContinuousClock.now
+                    try await pool.query("DELETE FROM processed_requests WHERE processed_at < now() - interval '1 day'")
+                }
+            } catch {
+                logger.warning("outbox relay failed; retrying", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: .seconds(1))
+        }
+    }
+}

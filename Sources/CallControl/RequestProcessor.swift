@@ -1,0 +1,182 @@
+// Applies a batch of authenticated requests in one transaction: the rules decide, the store
+// persists the change, its events and notifications go to the outbox, and the reply is
+// recorded for idempotency — all committed together or not at all.
+import CallRules
+import CallStore
+import Foundation
+import PostgresClient
+import RingingAuth
+import RingingContract
+import RingingService
+
+/// One authenticated, parsed request.
+struct Job: Sendable {
+    var messageID: String
+    var traceparent: String?
+    var request: Request
+    var user: AuthenticatedUser
+}
+
+/// What a job produced: the reply and the outbox messages to publish after commit.
+struct JobOutcome: Sendable {
+    var reply: Data
+    var outbox: [OutboxMessage]
+    var code: String  // "ok" or the error code, for logs and metrics
+    var sessionID: UUID?
+}
+
+enum RequestProcessor {
+    /// Applies `jobs` in order inside the caller's transaction.
+    static func process(_ db: isolated PostgresConnection, _ jobs: [Job]) throws -> [JobOutcome] {
+        let now = try CallStore.now(db)
+        var processed = try CallStore.processed(db, messageIDs: jobs.filter { $0.request.type.isMutation }.map(\.messageID))
+        var outcomes: [JobOutcome] = []
+        outcomes.reserveCapacity(jobs.count)
+        for job in jobs {
+            if job.request.type.isMutation, let earlier = processed[job.messageID] {
+                outcomes.append(duplicate(job, earlier))
+                continue
+            }
+            let outcome = try apply(db, job, at: now)
+            if job.request.type.isMutation {
+                let record = ProcessedRequest(
+                    messageID: job.messageID, type: job.request.type.rawValue, actor: job.user.uid,
+                    reply: String(decoding: outcome.reply, as: UTF8.self))
+                try CallStore.recordProcessed(db, record)
+                processed[job.messageID] = record
+            }
+            outcomes.append(outcome)
+        }
+        return outcomes
+    }
+
+    /// A repeated `message_id`: the original reply, nothing changed. A different user reusing
+    /// it gets an error rather than someone else's reply.
+    private static func duplicate(_ job: Job, _ earlier: ProcessedRequest) -> JobOutcome {
+        guard earlier.actor == job.user.uid, earlier.type == job.request.type.rawValue else {
+            return failure(.invalid("message_id", "message_id '\(job.messageID)' was already used for another request"))
+        }
+        return JobOutcome(
+            reply: Data(earlier.reply.utf8), outbox: [], code: "duplicate", sessionID: job.request.command.sessionID)
+    }
+
+    static func failure(_ error: CallError, sessionID: UUID? = nil) -> JobOutcome {
+        JobOutcome(reply: WireReply.error(error).encoded(), outbox: [], code: error.code.rawValue, sessionID: sessionID)
+    }
+
+    private static func apply(_ db: isolated PostgresConnection, _ job: Job, at now: Date) throws -> JobOutcome {
+        let actor = job.user.uid
+        switch job.request.command {
+        case .initiate(let request):
+            var glare: CallSession?
+            var members: [String]?
+            var involved = [actor]
+            switch request.receiverType {
+            case .user:
+                if request.receiverID != actor {
+                    try CallStore.lockPair(db, actor, request.receiverID)
+                    glare = try CallStore.lockRingingCall(db, from: request.receiverID, to: actor)
+                }
+                involved.append(request.receiverID)
+            case .group:
+                members = try CallStore.groupMembers(db, request.receiverID)
+                involved.append(contentsOf: members ?? [])
+            }
+            let context = CallRules.InitiateContext(
+                sessionID: UUID(), activeUsers: try CallStore.activeUsers(db, among: involved), glareCall: glare,
+                groupMembers: members)
+            let decision = CallRules.initiate(request, by: actor, at: now, context: context)
+            let previous = glare.flatMap { $0.sessionID == decision.call.sessionID ? $0 : nil }
+            return try commit(db, decision, previous: previous, isNew: previous == nil, job: job)
+
+        case .accept(let id, let device):
+            guard let call = try CallStore.lockCall(db, id) else { return notFound(id) }
+            return try commit(
+                db, CallRules.accept(call, by: actor, deviceID: device, at: now), previous: call, isNew: false, job: job)
+
+        case .reject(let id, let status, let device):
+            guard let call = try CallStore.lockCall(db, id) else { return notFound(id) }
+            return try commit(
+                db, CallRules.reject(call, status: status, by: actor, deviceID: device, at: now), previous: call, isNew: false,
+                job: job)
+
+        case .end(let id, let device):
+            guard let call = try CallStore.lockCall(db, id) else { return notFound(id) }
+            return try commit(
+                db, CallRules.end(call, by: actor, deviceID: device, at: now), previous: call, isNew: false, job: job)
+
+        case .get(let id):
+            guard let call = try CallStore.loadCall(db, id) else { return notFound(id) }
+            if let error = CallRules.authorizeRead(call, by: actor) { return failure(error, sessionID: id) }
+            return JobOutcome(reply: WireReply.call(call).encoded(), outbox: [], code: "ok", sessionID: id)
+
+        case .active:
+            let call = try CallStore.activeCall(db, of: actor)
+            return JobOutcome(reply: WireReply.call(call).encoded(), outbox: [], code: "ok", sessionID: call?.sessionID)
+
+        case .history(let query):
+            let page = try CallStore.history(db, of: actor, query)
+            return JobOutcome(reply: WireReply.calls(page.calls, next: page.next?.encoded).encoded(), outbox: [], code: "ok")
+
+        case .setGroupMembers(let group, let members):
+            guard job.user.isService else {
+                return failure(CallError(.forbidden, "group.set_members needs a token with the service role"))
+            }
+            try CallStore.setGroupMembers(db, group, members: members)
+            return JobOutcome(reply: WireReply.ok.encoded(), outbox: [], code: "ok")
+
+        case .generateToken, .jwks:
+            return failure(
+                CallError(.invalidRequest, "\(job.request.type.rawValue) is answered by the token service", field: "type"))
+        }
+    }
+
+    private static func notFound(_ id: UUID) -> JobOutcome {
+        failure(CallError(.notFound, "no call with session_id \(id.uuidString.lowercased())", field: "session_id"), sessionID: id)
+    }
+
+    /// Persists a decision (even a failing one may have changed the call: a timeout found on
+    /// the way) and writes its events and notifications to the outbox.
+    private static func commit(
+        _ db: isolated PostgresConnection, _ decision: CallDecision, previous: CallSession?, isNew: Bool,
+        job: Job
+    ) throws -> JobOutcome {
+        var outbox: [OutboxMessage] = []
+        if decision.changed {
+            try CallStore.save(db, decision.call, previous: isNew ? nil : previous)
+            outbox = try CallStore.insertOutbox(db, messages(for: decision, traceparent: job.traceparent))
+        }
+        let reply = decision.error.map(WireReply.error) ?? WireReply.call(decision.call)
+        return JobOutcome(
+            reply: reply.encoded(), outbox: outbox, code: decision.error?.code.rawValue ?? "ok",
+            sessionID: decision.call.sessionID)
+    }
+
+    /// The events and notifications of a decision as outbox messages.
+    static func messages(for decision: CallDecision, traceparent: String?) -> [OutboxMessage] {
+        var messages: [OutboxMessage] = []
+        for event in decision.events {
+            let body = WireEvent(event, type: event.type.rawValue, traceparent: traceparent)
+            messages.append(
+                OutboxMessage(
+                    exchange: Topology.eventsExchange, routingKey: RoutingKey.event(event.type),
+                    messageID: event.eventID.uuidString.lowercased(), traceparent: traceparent, body: encode(body)))
+        }
+        for notification in decision.notifications {
+            let body = WireEvent(
+                notification.event, type: notification.name.rawValue, recipient: notification.recipient, traceparent: traceparent)
+            messages.append(
+                OutboxMessage(
+                    exchange: Topology.notificationsExchange,
+                    routingKey: RoutingKey.notification(notification.name, for: notification.recipient),
+                    messageID:
+                        "\(notification.event.eventID.uuidString.lowercased()):\(notification.recipient):\(notification.name.rawValue)",
+                    traceparent: traceparent, body: encode(body)))
+        }
+        return messages
+    }
+
+    private static func encode(_ event: WireEvent) -> String {
+        String(decoding: (try? WireTime.encoder.encode(event)) ?? Data(), as: UTF8.self)
+    }
+}

@@ -1,0 +1,26 @@
+// call-control: reads its configuration from the environment and runs the service until
+// SIGTERM or SIGINT, then stops gracefully.
+import CallControl
+import Foundation
+import Logging
+import ServiceLifecycle
+
+LoggingSystem.bootstrap { label in
+    var handler = StreamLogHandler.standardError(label: label)
+    let level = ProcessInfo.processInfo.environment["RINGING_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
+    handler.logLevel = level
+    return handler
+}
+let logger = Logger(label: "call-control")
+
+do {
+    let configuration = try CallControlConfiguration()
+    let service = try await CallControlService(configuration: configuration, logger: logger)
+    let group = ServiceGroup(
+        configuration: ServiceGroupConfiguration(
+            services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    try await group.run()
+} catch {
+    logger.critical("call-control stopped: \(error)")
+    exit(1)
+}

@@ -1,0 +1,381 @@
+// Reading and writing call sessions, idempotency records, groups and the outbox. Every
+// function runs inside the caller's transaction on one connection.
+public import CallRules
+public import Foundation
+public import PostgresClient
+public import RingingContract
+
+/// A message written to the outbox with the change that caused it.
+public struct OutboxMessage: Sendable, Hashable {
+    public var id: Int64
+    public var exchange: String
+    public var routingKey: String
+    public var messageID: String
+    public var traceparent: String?
+    public var body: String
+
+    public init(id: Int64 = 0, exchange: String, routingKey: String, messageID: String, traceparent: String?, body: String) {
+        self.id = id
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.messageID = messageID
+        self.traceparent = traceparent
+        self.body = body
+    }
+}
+
+/// A request recorded as processed, with the reply it got.
+public struct ProcessedRequest: Sendable, Hashable {
+    public var messageID: String
+    public var type: String
+    public var actor: String
+    public var reply: String
+
+    public init(messageID: String, type: String, actor: String, reply: String) {
+        self.messageID = messageID
+        self.type = type
+        self.actor = actor
+        self.reply = reply
+    }
+}
+
+public enum CallStore {
+    // MARK: - Time and idempotency
+
+    /// The database's clock: every instance agrees on it, so deadlines do not depend on
+    /// which machine looks.
+    public static func now(_ db: isolated PostgresConnection) throws -> Date {
+        try db.query("SELECT clock_timestamp()")[0].decode(Date.self, at: 0)
+    }
+
+    public static func processed(_ db: isolated PostgresConnection, messageIDs: [String]) throws -> [String: ProcessedRequest] {
+        guard !messageIDs.isEmpty else { return [:] }
+        var result: [String: ProcessedRequest] = [:]
+        for row in try db.query(
+            "SELECT message_id, request_type, actor, reply FROM processed_requests WHERE message_id = ANY(\(messageIDs))")
+        {
+            let (id, type, actor, reply) = try row.decodeColumns((String, String, String, String).self)
+            result[id] = ProcessedRequest(messageID: id, type: type, actor: actor, reply: reply)
+        }
+        return result
+    }
+
+    public static func recordProcessed(_ db: isolated PostgresConnection, _ request: ProcessedRequest) throws {
+        try db.query(
+            """
+            INSERT INTO processed_requests (message_id, request_type, actor, reply)
+            VALUES (\(request.messageID), \(request.type), \(request.actor), \(request.reply))
+            """)
+    }
+
+    // MARK: - Calls
+
+    static let callColumns: StaticString = """
+        session_id, initiator, receiver_id, receiver_type, call_type, status, initiated_at, expires_at, \
+        answered_at, ended_at, duration_s, ended_by, metadata::text, sequence
+        """
+    static let callColumnsOfC: StaticString = """
+        c.session_id, c.initiator, c.receiver_id, c.receiver_type, c.call_type, c.status, c.initiated_at, c.expires_at, \
+        c.answered_at, c.ended_at, c.duration_s, c.ended_by, c.metadata::text, c.sequence
+        """
+
+    /// Loads a call and takes its row lock until the transaction ends: requests on one call
+    /// are applied one after another, whichever instance takes them.
+    public static func lockCall(_ db: isolated PostgresConnection, _ id: UUID) throws -> CallSession? {
+        try loadCalls(db, try db.query("SELECT \(fragment: callColumns) FROM calls WHERE session_id = \(id) FOR UPDATE")).first
+    }
+
+    public static func loadCall(_ db: isolated PostgresConnection, _ id: UUID) throws -> CallSession? {
+        try loadCalls(db, try db.query("SELECT \(fragment: callColumns) FROM calls WHERE session_id = \(id)")).first
+    }
+
+    /// The receiver's ringing 1:1 call to the initiator (glare), locked.
+    public static func lockRingingCall(_ db: isolated PostgresConnection, from initiator: String, to receiver: String) throws
+        -> CallSession?
+    {
+        try loadCalls(
+            db,
+            try db.query(
+                """
+                SELECT \(fragment: callColumns) FROM calls
+                WHERE initiator = \(initiator) AND receiver_id = \(receiver) AND receiver_type = 'user' AND status = 'initiated'
+                ORDER BY initiated_at DESC LIMIT 1 FOR UPDATE
+                """)
+        ).first
+    }
+
+    /// Serialises initiates between the same two users (in either direction), so that glare
+    /// is seen even when both press call at the same moment.
+    public static func lockPair(_ db: isolated PostgresConnection, _ a: String, _ b: String) throws {
+        let key = a < b ? "\(a)|\(b)" : "\(b)|\(a)"
+        try db.query("SELECT pg_advisory_xact_lock(hashtextextended(\(key), 0))")
+    }
+
+    public static func activeUsers(_ db: isolated PostgresConnection, among uids: [String]) throws -> Set<String> {
+        Set(
+            try db.query("SELECT uid FROM call_participants WHERE active AND uid = ANY(\(uids))").map {
+                try $0.decode(String.self, at: 0)
+            })
+    }
+
+    /// The user's active call, if any.
+    public static func activeCall(_ db: isolated PostgresConnection, of uid: String) throws -> CallSession? {
+        try loadCalls(
+            db,
+            try db.query(
+                """
+                SELECT \(fragment: callColumnsOfC) FROM calls c JOIN call_participants p ON p.session_id = c.session_id
+                WHERE p.uid = \(uid) AND p.active
+                """)
+        ).first
+    }
+
+    /// Calls whose ring deadline has passed, locked, skipping those another instance holds.
+    public static func lockDueCalls(_ db: isolated PostgresConnection, limit: Int) throws -> [CallSession] {
+        try loadCalls(
+            db,
+            try db.query(
+                """
+                SELECT \(fragment: callColumns) FROM calls
+                WHERE ring_pending AND expires_at <= clock_timestamp()
+                ORDER BY expires_at LIMIT \(limit) FOR UPDATE SKIP LOCKED
+                """))
+    }
+
+    /// Seconds until the earliest pending ring deadline (negative when overdue), nil if none.
+    public static func secondsToNextDeadline(_ db: isolated PostgresConnection) throws -> Double? {
+        try db.query("SELECT extract(epoch FROM min(expires_at) - clock_timestamp())::float8 FROM calls WHERE ring_pending")[0]
+            .decode(Double?.self, at: 0)
+    }
+
+    /// Writes a call created or changed by a decision.
+    public static func save(_ db: isolated PostgresConnection, _ call: CallSession, previous: CallSession?) throws {
+        let metadata = PostgresJSONB(
+            String(decoding: (try? JSONEncoder().encode(call.metadata)) ?? Data("{}".utf8), as: UTF8.self))
+        if previous == nil {
+            try db.query(
+                """
+                INSERT INTO calls (session_id, initiator, receiver_id, receiver_type, call_type, status, initiated_at, expires_at,
+                                   answered_at, ended_at, duration_s, ended_by, metadata, sequence, ring_pending)
+                VALUES (\(call.sessionID), \(call.initiator), \(call.receiverID), \(call.receiverType.rawValue), \(call.callType.rawValue),
+                        \(call.status.rawValue), \(call.initiatedAt), \(call.expiresAt), \(call.answeredAt), \(call.endedAt),
+                        \(call.durationSeconds), \(call.endedBy), \(metadata), \(call.sequence), \(call.ringPending))
+                """)
+            var insert = PostgresQuery.StringInterpolation(literalCapacity: 200, interpolationCount: call.participants.count * 8)
+            insert.appendLiteral(
+                "INSERT INTO call_participants (session_id, uid, role, status, joined_at, left_at, active, initiated_at) VALUES ")
+            for (index, participant) in call.participants.enumerated() {
+                insert.appendLiteral(index == 0 ? "(" : ", (")
+                insert.appendInterpolation(call.sessionID)
+                insert.appendLiteral(", ")
+                insert.appendInterpolation(participant.uid)
+                insert.appendLiteral(", ")
+                insert.appendInterpolation(participant.role.rawValue)
+                insert.appendLiteral(", ")
+                insert.appendInterpolation(participant.status.rawValue)
+                insert.appendLiteral(", ")
+                insert.appendInterpolation(participant.joinedAt)
+                insert.appendLiteral(", ")
+                insert.appendInterpolation(participant.leftAt)
+                insert.appendLiteral(", ")
+                insert.appendInterpolation(participant.isActive(in: call.status))
+                insert.appendLiteral(", ")
+                insert.appendInterpolation(call.initiatedAt)
+                insert.appendLiteral(")")
+            }
+            try db.query(PostgresQuery(stringInterpolation: insert))
+            return
+        }
+        try db.query(
+            """
+            UPDATE calls SET status = \(call.status.rawValue), answered_at = \(call.answeredAt), ended_at = \(call.endedAt),
+                duration_s = \(call.durationSeconds), ended_by = \(call.endedBy), sequence = \(call.sequence), ring_pending = \(call.ringPending)
+            WHERE session_id = \(call.sessionID)
+            """)
+        let before = Dictionary(
+            uniqueKeysWithValues: previous!.participants.map { ($0.uid, ($0, $0.isActive(in: previous!.status))) })
+        for participant in call.participants {
+            let active = participant.isActive(in: call.status)
+            if let (old, wasActive) = before[participant.uid], old == participant, wasActive == active { continue }
+            try db.query(
+                """
+                UPDATE call_participants SET status = \(participant.status.rawValue), joined_at = \(participant.joinedAt),
+                    left_at = \(participant.leftAt), active = \(active)
+                WHERE session_id = \(call.sessionID) AND uid = \(participant.uid)
+                """)
+        }
+    }
+
+    /// The calls a user took part in, newest first, one page.
+    public static func history(_ db: isolated PostgresConnection, of uid: String, _ query: HistoryQuery) throws -> (
+        calls: [CallSession], next: HistoryCursor?
+    ) {
+        let before = query.before
+        let status = query.status?.rawValue
+        let callType = query.callType?.rawValue
+        let role: String? = query.direction.map { $0 == .outgoing ? "initiator" : "receiver" }
+        let rows = try db.query(
+            """
+            SELECT \(fragment: callColumnsOfC) FROM call_participants p JOIN calls c ON c.session_id = p.session_id
+            WHERE p.uid = \(uid)
+              AND (\(before?.initiatedAt)::timestamptz IS NULL OR (p.initiated_at, p.session_id) < (\(before?.initiatedAt), \(before?.sessionID)))
+              AND (\(status)::text IS NULL OR c.status = \(status))
+              AND (\(callType)::text IS NULL OR c.call_type = \(callType))
+              AND (\(role)::text IS NULL OR p.role = \(role))
+            ORDER BY p.initiated_at DESC, p.session_id DESC
+            LIMIT \(query.limit + 1)
+            """)
+        var calls = try loadCalls(db, rows)
+        var next: HistoryCursor?
+        if calls.count > query.limit {
+            calls.removeLast()
+            next = calls.last.map { HistoryCursor(initiatedAt: $0.initiatedAt, sessionID: $0.sessionID) }
+        }
+        return (calls, next)
+    }
+
+    // MARK: - Groups
+
+    public static func groupMembers(_ db: isolated PostgresConnection, _ groupID: String) throws -> [String]? {
+        let rows = try db.query(
+            """
+            SELECT g.group_id, m.uid FROM call_groups g LEFT JOIN call_group_members m ON m.group_id = g.group_id
+            WHERE g.group_id = \(groupID) ORDER BY m.uid
+            """)
+        guard !rows.isEmpty else { return nil }
+        return try rows.compactMap { try $0.decode(String?.self, at: 1) }
+    }
+
+    public static func setGroupMembers(_ db: isolated PostgresConnection, _ groupID: String, members: [String]) throws {
+        try db.query(
+            """
+            INSERT INTO call_groups (group_id, updated_at) VALUES (\(groupID), clock_timestamp())
+            ON CONFLICT (group_id) DO UPDATE SET updated_at = excluded.updated_at
+            """)
+        try db.query("DELETE FROM call_group_members WHERE group_id = \(groupID) AND NOT (uid = ANY(\(members)))")
+        try db.query(
+            """
+            INSERT INTO call_group_members (group_id, uid) SELECT \(groupID), unnest(\(members)::text[]) ON CONFLICT DO NOTHING
+            """)
+    }
+
+    // MARK: - Outbox
+
+    /// Writes messages to the outbox; returns them with their ids.
+    public static func insertOutbox(_ db: isolated PostgresConnection, _ messages: [OutboxMessage]) throws -> [OutboxMessage] {
+        guard !messages.isEmpty else { return [] }
+        var insert = PostgresQuery.StringInterpolation(literalCapacity: 120, interpolationCount: messages.count * 5)
+        insert.appendLiteral("INSERT INTO outbox (exchange, routing_key, message_id, traceparent, body) VALUES ")
+        for (index, message) in messages.enumerated() {
+            insert.appendLiteral(index == 0 ? "(" : ", (")
+            insert.appendInterpolation(message.exchange)
+            insert.appendLiteral(", ")
+            insert.appendInterpolation(message.routingKey)
+            insert.appendLiteral(", ")
+            insert.appendInterpolation(message.messageID)
+            insert.appendLiteral(", ")
+            insert.appendInterpolation(message.traceparent)
+            insert.appendLiteral(", ")
+            insert.appendInterpolation(message.body)
+            insert.appendLiteral(")")
+        }
+        insert.appendLiteral(" RETURNING id")
+        let ids = try db.query(PostgresQuery(stringInterpolation: insert)).map { try $0.decode(Int64.self, at: 0) }
+        return zip(messages, ids).map { message, id in
+            var stored = message
+            stored.id = id
+            return stored
+        }
+    }
+
+    /// Removes messages whose publish the broker confirmed. A lost delete only means a
+    /// duplicate later, which consumers drop by `event_id`, so it need not wait for the disk.
+    public static func deleteOutbox(_ db: isolated PostgresConnection, ids: [Int64]) throws {
+        guard !ids.isEmpty else { return }
+        try db.withTransaction { db in
+            try db.query("SET LOCAL synchronous_commit = off")
+            try db.query("DELETE FROM outbox WHERE id = ANY(\(ids.map { Int($0) }))")
+        }
+    }
+
+    /// Leases messages that nobody published within `grace` (their publisher died): another
+    /// instance skips them for `lease`.
+    public static func claimStaleOutbox(_ db: isolated PostgresConnection, grace: Duration, lease: Duration, limit: Int) throws
+        -> [OutboxMessage]
+    {
+        let graceSeconds = Double(grace.components.seconds) + Double(grace.components.attoseconds) / 1e18
+        let leaseSeconds = Double(lease.components.seconds) + Double(lease.components.attoseconds) / 1e18
+        return try db.query(
+            """
+            UPDATE outbox SET claimed_until = clock_timestamp() + make_interval(secs => \(leaseSeconds))
+            WHERE id IN (
+                SELECT id FROM outbox
+                WHERE created_at < clock_timestamp() - make_interval(secs => \(graceSeconds))
+                  AND (claimed_until IS NULL OR claimed_until < clock_timestamp())
+                ORDER BY id LIMIT \(limit) FOR UPDATE SKIP LOCKED)
+            RETURNING id, exchange, routing_key, message_id, traceparent, body
+            """
+        ).map { row in
+            let (id, exchange, routingKey, messageID, traceparent, body) = try row.decodeColumns(
+                (Int64, String, String, String, String?, String).self)
+            return OutboxMessage(
+                id: id, exchange: exchange, routingKey: routingKey, messageID: messageID, traceparent: traceparent, body: body)
+        }
+    }
+
+    /// How many messages wait in the outbox, and the age of the oldest in seconds.
+    public static func outboxBacklog(_ db: isolated PostgresConnection) throws -> (count: Int, oldestSeconds: Double) {
+        try db.query(
+            "SELECT count(*)::int8, coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 FROM outbox")[0]
+            .decodeColumns((Int, Double).self)
+    }
+
+    // MARK: - Loading
+
+    private static func loadCalls(_ db: isolated PostgresConnection, _ rows: PostgresRows) throws -> [CallSession] {
+        guard !rows.isEmpty else { return [] }
+        var calls: [CallSession] = []
+        for row in rows {
+            let (id, initiator, receiverID, receiverType, callType, status, initiatedAt, expiresAt) =
+                try row.decodeColumns((UUID, String, String, String, String, String, Date, Date).self)
+            let answeredAt = try row.decode(Date?.self, at: 8)
+            let endedAt = try row.decode(Date?.self, at: 9)
+            let duration = try row.decode(Int?.self, at: 10)
+            let endedBy = try row.decode(String?.self, at: 11)
+            let metadataText = try row.decode(String.self, at: 12)
+            let sequence = try row.decode(Int.self, at: 13)
+            let metadata = (try? JSONDecoder().decode(JSONObject.self, from: Data(metadataText.utf8))) ?? [:]
+            calls.append(
+                CallSession(
+                    sessionID: id, initiator: initiator, receiverID: receiverID,
+                    receiverType: ReceiverType(rawValue: receiverType) ?? .user,
+                    callType: CallType(rawValue: callType) ?? .audio, status: CallStatus(rawValue: status) ?? .ended,
+                    initiatedAt: initiatedAt, expiresAt: expiresAt, answeredAt: answeredAt, endedAt: endedAt,
+                    durationSeconds: duration,
+                    endedBy: endedBy, metadata: metadata, participants: [], sequence: sequence))
+        }
+        let ids = calls.map(\.sessionID)
+        var participants: [UUID: [Participant]] = [:]
+        for row in try db.query(
+            """
+            SELECT session_id, uid, role, status, joined_at, left_at FROM call_participants
+            WHERE session_id = ANY(\(ids)) ORDER BY session_id, role DESC, uid
+            """)
+        {
+            let (id, uid, role, status, joinedAt, leftAt) = try row.decodeColumns(
+                (UUID, String, String, String, Date?, Date?).self)
+            participants[id, default: []].append(
+                Participant(
+                    uid: uid, role: ParticipantRole(rawValue: role) ?? .receiver,
+                    status: ParticipantStatus(rawValue: status) ?? .left,
+                    joinedAt: joinedAt, leftAt: leftAt))
+        }
+        for index in calls.indices {
+            // The initiator first ("receiver" > "initiator" sorts the other way).
+            calls[index].participants = (participants[calls[index].sessionID] ?? []).sorted { lhs, rhs in
+                lhs.role == rhs.role ? lhs.uid < rhs.uid : lhs.role == .initiator
+            }
+        }
+        return calls
+    }
+}

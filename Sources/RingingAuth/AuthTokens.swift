@@ -1,0 +1,91 @@
+// Auth tokens (DESIGN §1): HS256 JWTs signed with the deployment's secret. The services verify
+// them; development tools mint them.
+public import CallRules
+public import Foundation
+import JWTKit
+import RingingContract
+
+/// The user a request acts for: the token's `sub`, never a field of the body.
+public struct AuthenticatedUser: Sendable, Hashable {
+    public var uid: String
+    /// The token carries `"role": "service"` and may manage groups.
+    public var isService: Bool
+
+    public init(uid: String, isService: Bool) {
+        self.uid = uid
+        self.isService = isService
+    }
+}
+
+struct AuthClaims: JWTPayload {
+    var sub: SubjectClaim
+    var exp: ExpirationClaim
+    var iat: IssuedAtClaim?
+    var role: String?
+
+    func verify(using algorithm: some JWTAlgorithm) async throws {
+        try exp.verifyNotExpired()
+    }
+}
+
+/// Verifies and mints auth tokens with one shared secret.
+public final class AuthTokens: Sendable {
+    /// What `RINGING_AUTH_SECRET` defaults to, so that the local stack works out of the box.
+    /// Never use it in production: anybody can mint tokens with it.
+    public static let developmentSecret = "ringing-development-secret-change-me"
+
+    private let keys: JWTKeyCollection
+
+    /// The shortest secret accepted: HS256 wants a key at least as long as its hash.
+    public static let minimumSecretBytes = 32
+
+    public struct WeakSecret: Error, CustomStringConvertible {
+        public let bytes: Int
+        public var description: String {
+            "the auth secret has \(bytes) bytes; HS256 needs at least \(AuthTokens.minimumSecretBytes) (try `openssl rand -base64 48`)"
+        }
+    }
+
+    public init(secret: String) async throws(WeakSecret) {
+        guard secret.utf8.count >= Self.minimumSecretBytes else { throw WeakSecret(bytes: secret.utf8.count) }
+        keys = JWTKeyCollection()
+        await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+    }
+
+    /// The user of a valid token; `unauthenticated` for an expired, unsigned (`alg: none`),
+    /// wrongly signed or malformed one.
+    public func verify(_ token: String) async throws(CallError) -> AuthenticatedUser {
+        let claims: AuthClaims
+        do {
+            claims = try await keys.verify(token, as: AuthClaims.self)
+        } catch {
+            throw CallError(.unauthenticated, "auth_token rejected: \(Self.reason(error))")
+        }
+        guard Identifier.isValid(claims.sub.value) else {
+            throw CallError(.unauthenticated, "auth_token subject '\(claims.sub.value.prefix(80))' is not a valid user id")
+        }
+        return AuthenticatedUser(uid: claims.sub.value, isService: claims.role == "service")
+    }
+
+    /// A token for `uid`, valid for `lifetime` (development and tests; production tokens come
+    /// from the deployment's own identity service, signed with the same secret).
+    public func mint(uid: String, lifetime: Duration = .seconds(24 * 3600), service: Bool = false, now: Date = Date())
+        async throws -> String
+    {
+        let seconds = Double(lifetime.components.seconds)
+        let claims = AuthClaims(
+            sub: SubjectClaim(value: uid), exp: ExpirationClaim(value: now.addingTimeInterval(seconds)),
+            iat: IssuedAtClaim(value: now), role: service ? "service" : nil)
+        return try await keys.sign(claims)
+    }
+
+    private static func reason(_ error: any Error) -> String {
+        let text = "\(error)"
+        if text.localizedCaseInsensitiveContains("expired") || text.contains("exp") { return "the token has expired" }
+        if text.localizedCaseInsensitiveContains("signature") { return "the signature does not verify" }
+        if text.localizedCaseInsensitiveContains("none") || text.localizedCaseInsensitiveContains("algorithm") {
+            return "the token is not signed with HS256"
+        }
+        return "the token is malformed"
+    }
+}

@@ -1,0 +1,322 @@
+// JSON shapes of the Call object, replies, events and notifications (DESIGN §2), both ways:
+// the services encode them, clients and tests decode them.
+public import CallRules
+public import Foundation
+
+/// RFC 3339 UTC times with milliseconds, as every time on the wire is.
+public enum WireTime {
+    public static func format(_ date: Date) -> String {
+        date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+    }
+
+    public static func parse(_ text: String) -> Date? {
+        (try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(text))
+            ?? (try? Date.ISO8601FormatStyle().parse(text))
+    }
+
+    public static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(format(date))
+        }
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        return encoder
+    }()
+
+    public static let decoder: JSONDecoder = {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .custom { decoder in
+            let container = try decoder.singleValueContainer()
+            let text = try container.decode(String.self)
+            guard let date = parse(text) else {
+                throw DecodingError.dataCorruptedError(in: container, debugDescription: "'\(text)' is not an RFC 3339 time")
+            }
+            return date
+        }
+        return decoder
+    }()
+}
+
+public struct WireParticipant: Codable, Sendable, Hashable {
+    public var uid: String
+    public var role: ParticipantRole
+    public var status: ParticipantStatus
+    public var joinedAt: Date?
+    public var leftAt: Date?
+
+    enum CodingKeys: String, CodingKey {
+        case uid, role, status
+        case joinedAt = "joined_at"
+        case leftAt = "left_at"
+    }
+
+    public init(_ participant: Participant) {
+        uid = participant.uid
+        role = participant.role
+        status = participant.status
+        joinedAt = participant.joinedAt
+        leftAt = participant.leftAt
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(uid, forKey: .uid)
+        try c.encode(role, forKey: .role)
+        try c.encode(status, forKey: .status)
+        try c.encode(joinedAt, forKey: .joinedAt)
+        try c.encode(leftAt, forKey: .leftAt)
+    }
+}
+
+/// The Call object.
+public struct WireCall: Codable, Sendable, Hashable {
+    public var sessionID: UUID
+    public var initiator: String
+    public var receiverID: String
+    public var receiverType: ReceiverType
+    public var callType: CallType
+    public var status: CallStatus
+    public var initiatedAt: Date
+    public var expiresAt: Date
+    public var answeredAt: Date?
+    public var endedAt: Date?
+    public var durationSeconds: Int?
+    public var endedBy: String?
+    public var metadata: JSONObject
+    public var participants: [WireParticipant]
+    public var sequence: Int
+
+    enum CodingKeys: String, CodingKey {
+        case initiator, status, metadata, participants, sequence
+        case sessionID = "session_id"
+        case receiverID = "receiver_id"
+        case receiverType = "receiver_type"
+        case callType = "call_type"
+        case initiatedAt = "initiated_at"
+        case expiresAt = "expires_at"
+        case answeredAt = "answered_at"
+        case endedAt = "ended_at"
+        case durationSeconds = "duration_s"
+        case endedBy = "ended_by"
+    }
+
+    public init(_ call: CallSession) {
+        sessionID = call.sessionID
+        initiator = call.initiator
+        receiverID = call.receiverID
+        receiverType = call.receiverType
+        callType = call.callType
+        status = call.status
+        initiatedAt = call.initiatedAt
+        expiresAt = call.expiresAt
+        answeredAt = call.answeredAt
+        endedAt = call.endedAt
+        durationSeconds = call.durationSeconds
+        endedBy = call.endedBy
+        metadata = call.metadata
+        participants = call.participants.map(WireParticipant.init)
+        sequence = call.sequence
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(sessionID.uuidString.lowercased(), forKey: .sessionID)
+        try c.encode(initiator, forKey: .initiator)
+        try c.encode(receiverID, forKey: .receiverID)
+        try c.encode(receiverType, forKey: .receiverType)
+        try c.encode(callType, forKey: .callType)
+        try c.encode(status, forKey: .status)
+        try c.encode(initiatedAt, forKey: .initiatedAt)
+        try c.encode(expiresAt, forKey: .expiresAt)
+        try c.encode(answeredAt, forKey: .answeredAt)
+        try c.encode(endedAt, forKey: .endedAt)
+        try c.encode(durationSeconds, forKey: .durationSeconds)
+        try c.encode(endedBy, forKey: .endedBy)
+        try c.encode(metadata, forKey: .metadata)
+        try c.encode(participants, forKey: .participants)
+        try c.encode(sequence, forKey: .sequence)
+    }
+
+    public func participant(_ uid: String) -> WireParticipant? { participants.first { $0.uid == uid } }
+}
+
+/// The body of an event on `calls.events` and, with `recipient`, of a notification on
+/// `calls.notifications`.
+public struct WireEvent: Codable, Sendable, Hashable {
+    public var eventID: UUID
+    public var type: String
+    public var occurredAt: Date
+    public var sequence: Int
+    public var actor: String?
+    /// The acting device, when the request named one (elsewhere notifications carry it).
+    public var deviceID: String?
+    public var call: WireCall
+    /// Notifications only: the user they are for.
+    public var recipient: String?
+    /// W3C trace context of the request that caused the change, when it carried one.
+    public var traceparent: String?
+
+    enum CodingKeys: String, CodingKey {
+        case type, sequence, actor, call, recipient, traceparent
+        case eventID = "event_id"
+        case occurredAt = "occurred_at"
+        case deviceID = "device_id"
+    }
+
+    public init(_ event: CallEvent, type: String, recipient: String? = nil, traceparent: String? = nil) {
+        eventID = event.eventID
+        self.type = type
+        occurredAt = event.occurredAt
+        sequence = event.sequence
+        actor = event.actor
+        deviceID = event.deviceID
+        call = WireCall(event.call)
+        self.recipient = recipient
+        self.traceparent = traceparent
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(eventID.uuidString.lowercased(), forKey: .eventID)
+        try c.encode(type, forKey: .type)
+        try c.encode(occurredAt, forKey: .occurredAt)
+        try c.encode(sequence, forKey: .sequence)
+        try c.encodeIfPresent(actor, forKey: .actor)
+        try c.encodeIfPresent(deviceID, forKey: .deviceID)
+        try c.encode(call, forKey: .call)
+        try c.encodeIfPresent(recipient, forKey: .recipient)
+        try c.encodeIfPresent(traceparent, forKey: .traceparent)
+    }
+}
+
+public struct WireError: Codable, Sendable, Hashable {
+    public var code: CallError.Code
+    public var message: String
+    public var field: String?
+    public var status: CallStatus?
+
+    public init(_ error: CallError) {
+        code = error.code
+        message = error.message
+        field = error.field
+        status = error.status
+    }
+
+    public var callError: CallError { CallError(code, message, field: field, status: status) }
+}
+
+/// Every reply: `{"ok":true,…}` or `{"ok":false,"error":{…}}`.
+public struct WireReply: Codable, Sendable, Hashable {
+    public var ok: Bool
+    /// `call.initiate`, `accept`, `reject`, `end`, `get`; for `call.active`, nil means null.
+    public var call: WireCall?
+    public var calls: [WireCall]?
+    public var next: String?
+    public var token: String?
+    public var expiresAt: Date?
+    public var keys: [JSONObject]?
+    public var error: WireError?
+    /// Which of the optional members are present even when nil (`"call": null`).
+    var shape: Shape = .plain
+
+    enum Shape: Sendable, Hashable { case plain, call, calls }
+
+    enum CodingKeys: String, CodingKey {
+        case ok, call, calls, next, token, keys, error
+        case expiresAt = "expires_at"
+    }
+
+    public static func call(_ call: CallSession?) -> WireReply {
+        WireReply(ok: true, call: call.map(WireCall.init), shape: .call)
+    }
+
+    public static func calls(_ calls: [CallSession], next: String?) -> WireReply {
+        WireReply(ok: true, calls: calls.map(WireCall.init), next: next, shape: .calls)
+    }
+
+    public static let ok = WireReply(ok: true)
+
+    public init(ok: Bool) { self.init(ok: ok, call: nil) }
+
+    public static func token(_ token: String, expiresAt: Date) -> WireReply {
+        WireReply(ok: true, token: token, expiresAt: expiresAt)
+    }
+
+    public static func keys(_ keys: [JSONObject]) -> WireReply {
+        WireReply(ok: true, keys: keys)
+    }
+
+    public static func error(_ error: CallError) -> WireReply {
+        WireReply(ok: false, error: WireError(error))
+    }
+
+    init(
+        ok: Bool, call: WireCall? = nil, calls: [WireCall]? = nil, next: String? = nil, token: String? = nil,
+        expiresAt: Date? = nil, keys: [JSONObject]? = nil, error: WireError? = nil, shape: Shape = .plain
+    ) {
+        self.ok = ok
+        self.call = call
+        self.calls = calls
+        self.next = next
+        self.token = token
+        self.expiresAt = expiresAt
+        self.keys = keys
+        self.error = error
+        self.shape = shape
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        ok = try c.decode(Bool.self, forKey: .ok)
+        call = try c.decodeIfPresent(WireCall.self, forKey: .call)
+        calls = try c.decodeIfPresent([WireCall].self, forKey: .calls)
+        next = try c.decodeIfPresent(String.self, forKey: .next)
+        token = try c.decodeIfPresent(String.self, forKey: .token)
+        expiresAt = try c.decodeIfPresent(Date.self, forKey: .expiresAt)
+        keys = try c.decodeIfPresent([JSONObject].self, forKey: .keys)
+        error = try c.decodeIfPresent(WireError.self, forKey: .error)
+        shape = c.contains(.calls) ? .calls : c.contains(.call) ? .call : .plain
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(ok, forKey: .ok)
+        switch shape {
+        case .call: try c.encode(call, forKey: .call)
+        case .calls:
+            try c.encode(calls ?? [], forKey: .calls)
+            try c.encode(next, forKey: .next)
+        case .plain: break
+        }
+        try c.encodeIfPresent(token, forKey: .token)
+        try c.encodeIfPresent(expiresAt, forKey: .expiresAt)
+        try c.encodeIfPresent(keys, forKey: .keys)
+        try c.encodeIfPresent(error, forKey: .error)
+    }
+
+    public func encoded() -> Data {
+        // Encoding these types cannot fail: every member is a plain value.
+        (try? WireTime.encoder.encode(self))
+            ?? Data(#"{"ok":false,"error":{"code":"unavailable","message":"reply encoding failed"}}"#.utf8)
+    }
+}
+
+/// Routing keys on the topic exchanges.
+public enum RoutingKey {
+    public static func event(_ type: CallEventType) -> String { type.rawValue }
+    public static func notification(_ name: NotificationName, for uid: String) -> String { "user.\(uid).\(name.rawValue)" }
+    /// What a device or notifier binds to receive every notification of one user.
+    public static func allNotifications(for uid: String) -> String { "user.\(uid).#" }
+}
+
+/// Names of the topology of DESIGN §2.
+public enum Topology {
+    public static let commandsExchange = "calls.commands"
+    public static let eventsExchange = "calls.events"
+    public static let notificationsExchange = "calls.notifications"
+    public static let deadLetterExchange = "calls.dead-letter"
+    public static let deadLetterQueue = "calls.dead-letter"
+    public static let callControlQueue = "call-control.commands"
+    public static let tokenServiceQueue = "token-service.requests"
+}

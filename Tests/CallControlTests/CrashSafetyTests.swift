@@ -1,0 +1,176 @@
+// Three call-control processes share the queue; one is killed with SIGKILL while 1,000 calls
+// are in flight. Afterwards every call is exactly where its requests put it.
+import CallRules
+import Foundation
+import PostgresClient
+import RingingAuth
+import RingingContract
+import Synchronization
+import TestSupport
+import Testing
+
+@Suite struct CrashSafetyTests {
+    final class Progress: Sendable {
+        let sessions = Mutex<[Int: UUID]>([:])
+        let replies = Atomic<Int>(0)
+        let killed = Atomic<Bool>(false)
+        let finished = Mutex<Set<UUID>>([])
+    }
+
+    enum Plan: Int, CaseIterable {
+        case acceptAndEnd, reject, cancel, timeOut
+
+        var finalStatus: CallStatus {
+            switch self {
+            case .acceptAndEnd: .ended
+            case .reject: .rejected
+            case .cancel: .cancelled
+            case .timeOut: .unanswered
+            }
+        }
+
+        var events: [String] {
+            switch self {
+            case .acceptAndEnd: ["call.initiated", "call.accepted", "call.ended"]
+            case .reject: ["call.initiated", "call.rejected"]
+            case .cancel: ["call.initiated", "call.cancelled"]
+            case .timeOut: ["call.initiated", "call.unanswered"]
+            }
+        }
+    }
+
+    /// A request that is retried with the same message_id when its reply does not come (the
+    /// instance that took it may have died after committing): the retry gets the original reply.
+    static func send(_ client: RingingTestClient, _ type: RequestType, token: String, _ fields: JSONObject) async throws
+        -> WireReply
+    {
+        let id = UUID().uuidString
+        var body = fields
+        body["auth_token"] = .string(token)
+        let data = try JSONEncoder().encode(body)
+        for attempt in 1...6 {
+            do {
+                return try await client.send(type.rawValue, body: data, messageID: id, timeout: .seconds(15))
+            } catch is TimedOut where attempt < 6 {
+                continue
+            }
+        }
+        throw TimedOut(what: "a reply to \(type.rawValue) after 6 attempts")
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func aKilledInstanceLosesAndDuplicatesNothing() async throws {
+        let run = TestEnvironment.uniqueName("crash")
+        let instances = try (0..<3).map {
+            try ServiceProcess(
+                executable: "call-control", name: "\(run)-\($0)",
+                environment: ["RINGING_CALL_CONTROL_WORKERS": "2", "RINGING_OUTBOX_GRACE_S": "2"],
+                readyLine: "call-control ready")
+        }
+        defer { for instance in instances where instance.isRunning { instance.terminate() } }
+        for instance in instances { try await instance.waitUntilReady() }
+        let count = 1000
+        try await RingingTestClient.with { client in
+            let events = try await Capture.start(client.amqp, exchange: Topology.eventsExchange, keys: ["#"])
+            let auth = try await AuthTokens(secret: AuthTokens.developmentSecret)
+            var tokens: [(caller: String, callee: String, callerToken: String, calleeToken: String)] = []
+            for index in 0..<count {
+                let caller = "\(run)-a\(index)"
+                let callee = "\(run)-b\(index)"
+                tokens.append((caller, callee, try await auth.mint(uid: caller), try await auth.mint(uid: callee)))
+            }
+            let progress = Progress()
+
+            // Every call in flight at once (100 requests at a time); instance 0 dies a third of the way.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<count {
+                    if index >= 100 { try await group.next() }
+                    let plan = Plan(rawValue: index % 4)!
+                    let party = tokens[index]
+                    group.addTask {
+                        let initiated = try await Self.send(
+                            client, .initiate, token: party.callerToken,
+                            [
+                                "receiver_id": .string(party.callee), "receiver_type": "user", "call_type": "audio",
+                                "timeout_s": .int(plan == .timeOut ? 8 : 120),
+                            ])
+                        guard let call = initiated.call else {
+                            throw ScenarioError("initiate \(index) failed: \(initiated.error?.message ?? "")")
+                        }
+                        progress.sessions.withLock { $0[index] = call.sessionID }
+                        if progress.replies.add(1, ordering: .relaxed).newValue == count / 3,
+                            !progress.killed.exchange(true, ordering: .relaxed)
+                        {
+                            instances[0].kill()
+                        }
+                        let id: JSONObject = ["session_id": .string(call.sessionID.uuidString)]
+                        switch plan {
+                        case .acceptAndEnd:
+                            let accepted = try await Self.send(client, .accept, token: party.calleeToken, id)
+                            #expect(accepted.call?.status == .ongoing, "accept \(index): \(accepted.error?.message ?? "")")
+                            let ended = try await Self.send(client, .end, token: party.callerToken, id)
+                            #expect(ended.call?.status == .ended, "end \(index): \(ended.error?.message ?? "")")
+                        case .reject:
+                            let rejected = try await Self.send(
+                                client, .reject, token: party.calleeToken, id.merging(["status": "rejected"]) { $1 })
+                            #expect(rejected.call?.status == .rejected, "reject \(index): \(rejected.error?.message ?? "")")
+                        case .cancel:
+                            let cancelled = try await Self.send(
+                                client, .reject, token: party.callerToken, id.merging(["status": "cancelled"]) { $1 })
+                            #expect(cancelled.call?.status == .cancelled, "cancel \(index): \(cancelled.error?.message ?? "")")
+                        case .timeOut:
+                            break
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let wasKilled = progress.killed.load(ordering: .relaxed)
+            #expect(wasKilled)
+            #expect(!instances[0].isRunning)
+
+            // Every call's last event arrives (the timeouts within their deadline plus the sweep).
+            let byIndex = progress.sessions.withLock { $0 }
+            #expect(byIndex.count == count, "no request lost")
+            let expected = Dictionary(uniqueKeysWithValues: byIndex.map { ($0.value, Plan(rawValue: $0.key % 4)!) })
+            let finals = Set(CallStatus.allCases.filter(\.isTerminal).map { "call.\($0.rawValue)" }).union(["call.ended"])
+            _ = try await events.next("the final event of every call", timeout: .seconds(120)) { event in
+                guard expected[event.call.sessionID] != nil, finals.contains(event.type) else { return false }
+                return progress.finished.withLock {
+                    $0.insert(event.call.sessionID)
+                    return $0.count == count
+                }
+            }
+
+            // Consumers deduplicate on event_id; after that, each call has exactly its events, in sequence.
+            var byCall: [UUID: [UUID: WireEvent]] = [:]
+            for event in events.events where expected[event.call.sessionID] != nil {
+                byCall[event.call.sessionID, default: [:]][event.eventID] = event
+            }
+            var wrong: [String] = []
+            for (session, plan) in expected {
+                let list = (byCall[session] ?? [:]).values.sorted { $0.sequence < $1.sequence }
+                if list.map(\.type) != plan.events || list.map(\.sequence) != Array(1...plan.events.count) {
+                    wrong.append("\(session): \(list.map { "\($0.sequence):\($0.type)" })")
+                }
+            }
+            #expect(wrong.isEmpty, "calls with missing or extra events: \(wrong.prefix(5))")
+
+            // And the database agrees.
+            let pool = PostgresPool(configuration: try PostgresConfiguration(url: TestEnvironment.databaseURL), size: 1)
+            let rows = try await pool.query(
+                "SELECT session_id, status, sequence FROM calls WHERE session_id = ANY(\(Array(expected.keys)))")
+            #expect(rows.count == count)
+            for row in rows {
+                let (session, status, sequence) = try row.decodeColumns((UUID, String, Int).self)
+                let plan = expected[session]!
+                #expect(
+                    status == plan.finalStatus.rawValue && sequence == plan.events.count, "\(session) is \(status) at \(sequence)"
+                )
+            }
+            await pool.close()
+        }
+        // The survivors stop cleanly on SIGTERM.
+        for instance in instances.dropFirst() { #expect(instance.terminate() == 0) }
+    }
+}

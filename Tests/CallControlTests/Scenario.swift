@@ -1,0 +1,127 @@
+// A running call-control instance (in this process) and clients that talk to it over AMQP,
+// as the seed's apps would.
+import AMQPClient
+import CallControl
+import CallRules
+import Foundation
+import Logging
+import RingingAuth
+import RingingContract
+import RingingService
+import TestSupport
+
+/// One user of a test: a unique uid, an auth token, and a queue that receives the user's
+/// notifications (every device of the user binds `user.<uid>.#`).
+struct Party: Sendable {
+    let uid: String
+    let token: String
+    let notifications: Capture
+
+    /// Waits for the notification `name` about `session`.
+    @discardableResult
+    func expect(_ name: NotificationName, _ session: UUID, timeout: Duration = .seconds(30)) async throws -> WireEvent {
+        try await notifications.next("\(uid) to get \(name.rawValue)", timeout: timeout) {
+            $0.type == name.rawValue && $0.call.sessionID == session
+        }
+    }
+
+    func received(_ name: NotificationName, _ session: UUID) -> [WireEvent] {
+        notifications.events.filter { $0.type == name.rawValue && $0.call.sessionID == session }
+    }
+}
+
+struct Scenario: Sendable {
+    let client: RingingTestClient
+    let auth: AuthTokens
+    let events: Capture
+
+    static func quietLogger(_ label: String) -> Logger {
+        var logger = Logger(label: label)
+        logger.logLevel = .warning
+        return logger
+    }
+
+    static func configuration(workers: Int = 2) throws -> CallControlConfiguration {
+        try CallControlConfiguration(
+            environment: Environment([
+                "RINGING_AMQP_URL": TestEnvironment.amqpURL, "RINGING_DATABASE_URL": TestEnvironment.databaseURL,
+                "RINGING_CALL_CONTROL_WORKERS": "\(workers)", "RINGING_INSTANCE": TestEnvironment.uniqueName("cc-test"),
+            ]))
+    }
+
+    /// Runs `body` against a fresh call-control instance (one of possibly several sharing the
+    /// queue, as in production) and a fresh client.
+    static func run(_ body: @escaping @Sendable (Scenario) async throws -> Void) async throws {
+        let service = try await CallControlService(configuration: try configuration(), logger: quietLogger("call-control-test"))
+        try await withDeadline(.seconds(100), "the scenario") {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await service.run() }
+                defer { group.cancelAll() }
+                await service.waitUntilReady()
+                try await RingingTestClient.with { client in
+                    let events = try await Capture.start(client.amqp, exchange: Topology.eventsExchange, keys: ["#"])
+                    let auth = try await AuthTokens(secret: AuthTokens.developmentSecret)
+                    try await body(Scenario(client: client, auth: auth, events: events))
+                }
+            }
+        }
+    }
+
+    func party(_ name: String) async throws -> Party {
+        let uid = TestEnvironment.uniqueName(name)
+        let notifications = try await Capture.start(
+            client.amqp, exchange: Topology.notificationsExchange, keys: [RoutingKey.allNotifications(for: uid)])
+        return Party(uid: uid, token: try await auth.mint(uid: uid), notifications: notifications)
+    }
+
+    func request(_ type: RequestType, as party: Party?, _ fields: JSONObject = [:], messageID: String = UUID().uuidString)
+        async throws -> WireReply
+    {
+        try await client.request(type.rawValue, token: party?.token, fields, messageID: messageID)
+    }
+
+    /// `call.initiate` that must succeed; returns the call.
+    func call(_ caller: Party, _ callee: Party, type: CallType = .audio, timeout: Int? = nil, device: String? = nil) async throws
+        -> WireCall
+    {
+        var fields: JSONObject = [
+            "receiver_id": .string(callee.uid), "receiver_type": "user", "call_type": .string(type.rawValue),
+        ]
+        if let timeout { fields["timeout_s"] = .int(Int64(timeout)) }
+        if let device { fields["device_id"] = .string(device) }
+        return try Self.call(try await request(.initiate, as: caller, fields))
+    }
+
+    func act(_ type: RequestType, _ party: Party, _ session: UUID, _ extra: JSONObject = [:]) async throws -> WireReply {
+        var fields = extra
+        fields["session_id"] = .string(session.uuidString)
+        return try await request(type, as: party, fields)
+    }
+
+    static func call(_ reply: WireReply) throws -> WireCall {
+        guard reply.ok, let call = reply.call else {
+            throw ScenarioError("expected a call, got \(reply.error.map { "\($0.code.rawValue): \($0.message)" } ?? "nothing")")
+        }
+        return call
+    }
+
+    /// Every event of `session` seen so far, once each (consumers deduplicate on event_id).
+    func eventTypes(_ session: UUID) -> [String] {
+        var seen = Set<UUID>()
+        return events.events.filter { $0.call.sessionID == session && seen.insert($0.eventID).inserted }
+            .sorted { $0.sequence < $1.sequence }.map(\.type)
+    }
+
+    /// Waits until the event `type` of `session` has been published.
+    @discardableResult
+    func expectEvent(_ type: CallEventType, _ session: UUID, timeout: Duration = .seconds(30)) async throws -> WireEvent {
+        try await events.next("event \(type.rawValue)", timeout: timeout) {
+            $0.type == type.rawValue && $0.call.sessionID == session
+        }
+    }
+}
+
+struct ScenarioError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
