@@ -6,8 +6,7 @@ import Synchronization
 import TestSupport
 import Testing
 
-/// Serialized: one of them restarts the broker under the others' feet otherwise.
-@Suite(.serialized) struct AMQPIntegrationTests {
+@Suite struct AMQPIntegrationTests {
     let configuration: AMQPConfiguration
 
     init() throws {
@@ -153,6 +152,24 @@ import Testing
             dead.cancel()
             _ = try await amqp.deleteQueue(work)
             _ = try await amqp.deleteQueue(deadLetters)
+        }
+    }
+}
+
+/// Stops and starts the broker: run on its own (`swift test --filter RestartTests`), since it
+/// pulls the broker from under every other test.
+@Suite(.serialized) struct AMQPRestartTests {
+    let configuration: AMQPConfiguration
+
+    init() throws {
+        var configuration = AMQPConfiguration(url: try AMQPURL(TestEnvironment.amqpURL), connectionName: "amqp-restart-tests")
+        configuration.operationTimeout = .seconds(60)
+        self.configuration = configuration
+    }
+
+    private func connection(_ body: @escaping @Sendable (AMQPConnection) async throws -> Void) async throws {
+        try await withDeadline(.seconds(180), "the test body") { [configuration] in
+            try await AMQPConnection.withConnection(configuration: configuration) { try await body($0) }
         }
     }
 

@@ -4,8 +4,7 @@ import PostgresClient
 import TestSupport
 import Testing
 
-/// Serialized: one of them restarts the server under the others' feet otherwise.
-@Suite(.serialized) struct PostgresIntegrationTests {
+@Suite struct PostgresIntegrationTests {
     let configuration: PostgresConfiguration
 
     init() throws {
@@ -119,6 +118,15 @@ import Testing
             }
         }
         await pool.close()
+    }
+}
+
+/// Stops and starts PostgreSQL: run on its own (`swift test --filter RestartTests`).
+@Suite(.serialized) struct PostgresRestartTests {
+    let configuration: PostgresConfiguration
+
+    init() throws {
+        configuration = try PostgresConfiguration(url: TestEnvironment.databaseURL)
     }
 
     @Test func thePoolAndTheListenerSurviveAServerRestart() async throws {
