@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/vapor/jwt-kit", from: "5.8.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
         // C libraries, from Debian's -dev packages (see scripts/stack).
@@ -97,6 +98,34 @@ let package = Package(
             path: "Sources/CallControlMain",
             swiftSettings: strict
         ),
+        // Call tokens: EdDSA signing for the token service, verification for media servers.
+        .target(
+            name: "CallTokens",
+            dependencies: [.product(name: "JWTKit", package: "jwt-kit")],
+            swiftSettings: strict
+        ),
+        // The token service: token.generate and token.jwks.
+        .target(
+            name: "TokenService",
+            dependencies: [
+                "AMQPClient", "PostgresClient", "CallRules", "RingingContract", "RingingAuth", "CallStore", "RingingService",
+                "CallTokens", "DedicatedThreads",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "token-service",
+            dependencies: [
+                "TokenService", "CallTokens", "RingingService",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/TokenServiceMain",
+            swiftSettings: strict
+        ),
         // Micro benchmark: the Swift AMQP layer next to raw rabbitmq-c calls.
         .executableTarget(
             name: "AMQPBenchmark",
@@ -119,7 +148,8 @@ let package = Package(
         .testTarget(
             name: "CallControlTests",
             dependencies: [
-                "CallControl", "CallRules", "RingingContract", "RingingAuth", "CallStore", "AMQPClient", "PostgresClient",
+                "CallControl", "TokenService", "CallTokens", "CallRules", "RingingContract", "RingingAuth", "CallStore",
+                "AMQPClient", "PostgresClient",
                 "TestSupport", .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict

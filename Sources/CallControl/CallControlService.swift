@@ -175,7 +175,9 @@ public final class CallControlService: Service, Sendable {
                     "message_id": "\(delivery.properties.messageID ?? "-")", "type": "\(delivery.routingKey)",
                     "error": "\(error)",
                 ])
-            if let reply = envelope?.reply(WireReply.error(error).encoded()) ?? Self.bareReply(delivery, error) {
+            if let reply = envelope?.reply(WireReply.error(error).encoded())
+                ?? RequestEnvelope.bareReply(to: delivery, WireReply.error(error).encoded())
+            {
                 messages.append(reply)
             }
         }
@@ -191,16 +193,6 @@ public final class CallControlService: Service, Sendable {
             // Malformed requests go to calls.dead-letter; refusals of well-formed ones are answered and done.
             if error.code == .invalidRequest { delivery.reject(requeue: false) } else { delivery.ack() }
         }
-    }
-
-    /// A reply for a request whose envelope could not be read (no message_id): still answered
-    /// when it says where.
-    private static func bareReply(_ delivery: AMQPDelivery, _ error: CallError) -> AMQPMessage? {
-        guard let replyTo = delivery.properties.replyTo, !replyTo.isEmpty else { return nil }
-        return AMQPMessage(
-            exchange: "", routingKey: replyTo, body: WireReply.error(error).encoded(),
-            properties: AMQPProperties(contentType: "application/json", correlationID: delivery.properties.correlationID),
-            mandatory: false)
     }
 
     /// Runs the batch's transaction until it commits. A transient failure (database away,

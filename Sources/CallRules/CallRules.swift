@@ -288,3 +288,30 @@ public enum CallRules {
         CallError(.invalidState, "\(why) (the call is \(call.status.rawValue))", status: call.status)
     }
 }
+
+extension CallRules {
+    /// `token.generate`: a media token only for an accepted participant of an ongoing call —
+    /// not for strangers, not for ringing or finished calls, not for a member who left or
+    /// has not joined.
+    public static func authorizeMediaToken(_ call: CallSession, for actor: String) -> CallError? {
+        guard let participant = call.participant(actor) else {
+            return CallError(.forbidden, "user '\(actor)' is not a participant of this call")
+        }
+        guard call.status == .ongoing else {
+            return CallError(
+                .invalidState, "call tokens are issued for ongoing calls only (the call is \(call.status.rawValue))",
+                status: call.status)
+        }
+        switch participant.status {
+        case .accepted:
+            return nil
+        case .left:
+            return CallError(.forbidden, "user '\(actor)' has left this call")
+        case .ringing:
+            return CallError(
+                .invalidState, "user '\(actor)' has not accepted this call yet (the call is ongoing)", status: call.status)
+        case .rejected, .busy, .missed:
+            return CallError(.forbidden, "user '\(actor)' did not join this call (\(participant.status.rawValue))")
+        }
+    }
+}

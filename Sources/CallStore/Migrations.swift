@@ -90,7 +90,20 @@ public enum Migrations {
             CREATE TRIGGER calls_ring_deadline_notify AFTER INSERT ON calls
                 FOR EACH ROW EXECUTE FUNCTION notify_ring_deadline();
             """
-        )
+        ),
+        (
+            2, "read access for the token service's role",
+            """
+            -- The token service reads sessions with a read-only role; grant it where it exists
+            -- (the local stack creates ringing_reader; elsewhere grant it by hand).
+            DO $$
+            BEGIN
+                IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'ringing_reader') THEN
+                    GRANT SELECT ON calls, call_participants TO ringing_reader;
+                END IF;
+            END $$;
+            """
+        ),
     ]
 
     /// Applies every migration not yet applied, in one transaction under the advisory lock.

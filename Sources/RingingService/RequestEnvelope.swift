@@ -40,4 +40,14 @@ public struct RequestEnvelope: Sendable {
         // Not mandatory: a client that went away is no reason to fail the request.
         return AMQPMessage(exchange: "", routingKey: replyTo, body: body, properties: properties, mandatory: false)
     }
+
+    /// A reply for a request whose envelope could not be read (no message_id): still answered
+    /// when it says where.
+    public static func bareReply(to delivery: AMQPDelivery, _ body: Data) -> AMQPMessage? {
+        guard let replyTo = delivery.properties.replyTo, !replyTo.isEmpty else { return nil }
+        return AMQPMessage(
+            exchange: "", routingKey: replyTo, body: body,
+            properties: AMQPProperties(contentType: "application/json", correlationID: delivery.properties.correlationID),
+            mandatory: false)
+    }
 }

@@ -9,6 +9,7 @@ import RingingAuth
 import RingingContract
 import RingingService
 import TestSupport
+import TokenService
 
 /// One user of a test: a unique uid, an auth token, and a queue that receives the user's
 /// notifications (every device of the user binds `user.<uid>.#`).
@@ -51,11 +52,14 @@ struct Scenario: Sendable {
 
     /// Runs `body` against a fresh call-control instance (one of possibly several sharing the
     /// queue, as in production) and a fresh client.
-    static func run(_ body: @escaping @Sendable (Scenario) async throws -> Void) async throws {
+    static func run(tokens: Bool = false, _ body: @escaping @Sendable (Scenario) async throws -> Void) async throws {
         let service = try await CallControlService(configuration: try configuration(), logger: quietLogger("call-control-test"))
+        let tokenService: TokenService? =
+            tokens ? try await TokenService(configuration: try tokenConfiguration(), logger: quietLogger("token-test")) : nil
         try await withDeadline(.seconds(100), "the scenario") {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await service.run() }
+                if let tokenService { group.addTask { try await tokenService.run() } }
                 defer { group.cancelAll() }
                 await service.waitUntilReady()
                 try await RingingTestClient.with { client in
@@ -65,6 +69,15 @@ struct Scenario: Sendable {
                 }
             }
         }
+    }
+
+    static func tokenConfiguration(_ extra: [String: String] = [:]) throws -> TokenServiceConfiguration {
+        try TokenServiceConfiguration(
+            environment: Environment(
+                [
+                    "RINGING_AMQP_URL": TestEnvironment.amqpURL, "RINGING_TOKEN_DATABASE_URL": TestEnvironment.readerDatabaseURL,
+                    "RINGING_INSTANCE": TestEnvironment.uniqueName("token-test"),
+                ].merging(extra) { $1 }))
     }
 
     func party(_ name: String) async throws -> Party {

@@ -383,3 +383,31 @@ func names(_ decision: CallDecision) -> [String] {
         #expect(CallRules.authorizeRead(call, by: "mallory")?.code == .forbidden)
     }
 }
+
+@Suite struct MediaTokenTests {
+    @Test func onlyAcceptedParticipantsOfAnOngoingCallGetAToken() {
+        let call = ringing()
+        #expect(CallRules.authorizeMediaToken(call, for: "alice")?.code == .invalidState, "ringing")
+        let ongoing = CallRules.accept(call, by: "bob", deviceID: nil, at: at(1)).call
+        #expect(CallRules.authorizeMediaToken(ongoing, for: "alice") == nil)
+        #expect(CallRules.authorizeMediaToken(ongoing, for: "bob") == nil)
+        #expect(CallRules.authorizeMediaToken(ongoing, for: "mallory")?.code == .forbidden)
+        let ended = CallRules.end(ongoing, by: "bob", deviceID: nil, at: at(2)).call
+        #expect(CallRules.authorizeMediaToken(ended, for: "bob")?.status == .ended)
+        for how in [CallRules.RejectStatus.rejected, .cancelled] {
+            let finished = CallRules.reject(call, status: how, by: how == .cancelled ? "alice" : "bob", deviceID: nil, at: at(1))
+                .call
+            #expect(CallRules.authorizeMediaToken(finished, for: "alice")?.code == .invalidState)
+        }
+    }
+
+    @Test func aGroupMemberWhoLeftOrStillRingsGetsNone() {
+        var call = CallRules.accept(groupRinging(), by: "bob", deviceID: nil, at: at(1)).call
+        call = CallRules.accept(call, by: "carol", deviceID: nil, at: at(2)).call
+        call = CallRules.end(call, by: "carol", deviceID: nil, at: at(3)).call
+        #expect(call.status == .ongoing)
+        #expect(CallRules.authorizeMediaToken(call, for: "carol")?.code == .forbidden, "left")
+        #expect(CallRules.authorizeMediaToken(call, for: "dave")?.code == .invalidState, "still ringing")
+        #expect(CallRules.authorizeMediaToken(call, for: "bob") == nil)
+    }
+}

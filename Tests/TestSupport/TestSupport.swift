@@ -12,6 +12,12 @@ public enum TestEnvironment {
         ProcessInfo.processInfo.environment["RINGING_DATABASE_URL"] ?? "postgres://ringing:ringing@127.0.0.1:5432/ringing"
     }
 
+    /// The token service's read-only role on the same database.
+    public static var readerDatabaseURL: String {
+        ProcessInfo.processInfo.environment["RINGING_TOKEN_DATABASE_URL"]
+            ?? "postgres://ringing_reader:ringing_reader@127.0.0.1:5432/ringing"
+    }
+
     /// The repository root, found from this file's path.
     public static let repositoryRoot: URL = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()

@@ -1,0 +1,174 @@
+// The token service: answers token.generate with a call token for an accepted participant of
+// an ongoing call, and token.jwks with the public keys.
+import AMQPClient
+import CallRules
+import CallStore
+public import CallTokens
+import DedicatedThreads
+import Foundation
+public import Logging
+import PostgresClient
+import RingingAuth
+import RingingContract
+import RingingService
+public import ServiceLifecycle
+import Synchronization
+
+public final class TokenService: Service, Sendable {
+    public let configuration: TokenServiceConfiguration
+    public let issuer: CallTokenIssuer
+    let logger: Logger
+    let publisher: AMQPConnection
+    let consumerConnection: AMQPConnection
+    let pool: PostgresPool
+    let auth: AuthTokens
+    private let ready = Atomic<Bool>(false)
+
+    public init(configuration: TokenServiceConfiguration, logger: Logger) async throws {
+        self.configuration = configuration
+        self.logger = logger
+        issuer = try await CallTokenIssuer(
+            signing: configuration.signingKey, previous: configuration.previousKeys, issuer: configuration.issuer,
+            audience: configuration.audience, lifetime: configuration.lifetime)
+        publisher = AMQPConnection(
+            configuration: AMQPConfiguration(url: configuration.amqp, connectionName: "\(configuration.instanceName) publish"),
+            logger: logger)
+        consumerConnection = AMQPConnection(
+            configuration: AMQPConfiguration(url: configuration.amqp, connectionName: "\(configuration.instanceName) consume"),
+            logger: logger)
+        pool = PostgresPool(
+            configuration: configuration.database, size: configuration.workers, acquireTimeout: .seconds(10), logger: logger)
+        auth = try await AuthTokens(secret: configuration.authSecret)
+    }
+
+    public var isReady: Bool { ready.load(ordering: .relaxed) }
+
+    public func run() async throws {
+        if configuration.usesDevelopmentKey {
+            logger.warning("RINGING_TOKEN_KEY is not set: signing with the development key, which every checkout has")
+        }
+        try await withThrowingTaskGroup(of: Void.self) { connections in
+            connections.addTask { await self.publisher.run() }
+            connections.addTask { await self.consumerConnection.run() }
+            defer { connections.cancelAll() }
+            while true {
+                do {
+                    try await publisher.declare(RingingTopology.declaration)
+                    break
+                } catch let error as AMQPError where error.code == .timeout || error.code == .connectionLost {
+                    logger.warning("broker not reachable to declare the topology; retrying", metadata: ["error": "\(error)"])
+                }
+            }
+            try await withThrowingTaskGroup(of: Void.self) { work in
+                var consumers: [AMQPConsumer] = []
+                for index in 0..<configuration.workers {
+                    let consumer = try await consumerConnection.consume(
+                        queue: Topology.tokenServiceQueue, prefetch: UInt16(configuration.prefetch))
+                    consumers.append(consumer)
+                    work.addTask { try await self.work(consumer, worker: index) }
+                }
+                ready.store(true, ordering: .relaxed)
+                logger.info(
+                    "token-service ready",
+                    metadata: ["workers": "\(configuration.workers)", "kid": "\(configuration.signingKey.kid)"])
+                try? await gracefulShutdown()
+                logger.info("token-service stopping: no new requests, finishing the ones in hand")
+                for consumer in consumers { consumer.cancel() }
+                try await work.waitForAll()
+            }
+            await pool.close()
+        }
+    }
+
+    private func work(_ consumer: AMQPConsumer, worker: Int) async throws {
+        while let batch = try await consumer.nextBatch(max: 32) {
+            var replies: [AMQPMessage] = []
+            var settle: [(AMQPDelivery, Bool)] = []  // (delivery, dead-letter)
+            for delivery in batch {
+                let (reply, deadLetter) = await answer(delivery)
+                if let reply { replies.append(reply) }
+                settle.append((delivery, deadLetter))
+            }
+            var backoff = Backoff(initial: .milliseconds(50), maximum: .seconds(5))
+            while true {
+                do {
+                    try await publisher.publishAll(replies)
+                    break
+                } catch {
+                    if batch.contains(where: \.isStale) || Task.isCancelled { break }
+                    let delay = backoff.next()
+                    logger.warning(
+                        "publishing replies failed; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+                    try? await Task.sleep(for: delay)
+                }
+            }
+            for (delivery, deadLetter) in settle {
+                if deadLetter { delivery.reject(requeue: false) } else { delivery.ack() }
+            }
+        }
+    }
+
+    /// The reply to one request, and whether the request goes to the dead-letter queue.
+    func answer(_ delivery: AMQPDelivery) async -> (AMQPMessage?, Bool) {
+        let envelope: RequestEnvelope
+        do { envelope = try RequestEnvelope(delivery) } catch {
+            return (RequestEnvelope.bareReply(to: delivery, WireReply.error(error).encoded()), true)
+        }
+        let reply: WireReply
+        var deadLetter = false
+        do {
+            reply = try await respond(try RequestParser.parse(routingKey: delivery.routingKey, body: delivery.body))
+        } catch let error as CallError {
+            deadLetter = error.code == .invalidRequest
+            reply = .error(error)
+        } catch {
+            reply = .error(CallError(.unavailable, "the token could not be issued now; retry"))
+        }
+        logger.debug(
+            "token request answered",
+            metadata: [
+                "message_id": "\(envelope.messageID)", "type": "\(delivery.routingKey)",
+                "outcome": "\(reply.error?.code.rawValue ?? "ok")",
+            ])
+        return (envelope.reply(reply.encoded()), deadLetter)
+    }
+
+    private func respond(_ request: Request) async throws -> WireReply {
+        switch request.command {
+        case .jwks:
+            return .keys(issuer.jwks.keys.map { $0.mapValues(JSONValue.string) })
+        case .generateToken(let sessionID):
+            let user = try await auth.verify(request.authToken ?? "")
+            let call = try await loadCall(sessionID)
+            guard let call else {
+                throw CallError(.notFound, "no call with session_id \(sessionID.uuidString.lowercased())", field: "session_id")
+            }
+            if let refusal = CallRules.authorizeMediaToken(call, for: user.uid) { throw refusal }
+            let (token, expiresAt) = try await issuer.issue(for: user.uid, sessionID: sessionID, callType: call.callType.rawValue)
+            return .token(token, expiresAt: expiresAt)
+        default:
+            throw CallError(
+                .invalidRequest, "\(request.type.rawValue) is answered by call-control, not the token service", field: "type")
+        }
+    }
+
+    /// Reads the call, retrying a database that is away for a few seconds before answering
+    /// `unavailable`.
+    private func loadCall(_ id: UUID) async throws -> CallSession? {
+        var backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(2))
+        let deadline = ContinuousClock.now + .seconds(10)
+        while true {
+            do {
+                return try await pool.withConnection { try await CallStore.loadCall($0, id) }
+            } catch let error as PostgresError where error.isTransient && ContinuousClock.now < deadline {
+                let delay = backoff.next()
+                logger.warning("database not reachable; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+                try await Task.sleep(for: delay)
+            } catch let error as PostgresError {
+                logger.error("reading the call failed", metadata: ["error": "\(error)"])
+                throw CallError(.unavailable, "the call could not be read now; retry")
+            }
+        }
+    }
+
+}
