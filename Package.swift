@@ -126,6 +126,22 @@ let package = Package(
             path: "Sources/TokenServiceMain",
             swiftSettings: strict
         ),
+        // The client library: the seed's calls and callbacks over AMQP.
+        .target(
+            name: "RingingClient",
+            dependencies: ["AMQPClient", "CallRules", "RingingContract", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
+        // ringctl: tokens, calls from a terminal, the demo, history, groups, JWKS.
+        .executableTarget(
+            name: "ringctl",
+            dependencies: [
+                "RingingClient", "RingingAuth", "RingingContract", "CallRules", "AMQPClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         // Micro benchmark: the Swift AMQP layer next to raw rabbitmq-c calls.
         .executableTarget(
             name: "AMQPBenchmark",
@@ -148,7 +164,8 @@ let package = Package(
         .testTarget(
             name: "CallControlTests",
             dependencies: [
-                "CallControl", "TokenService", "CallTokens", "CallRules", "RingingContract", "RingingAuth", "CallStore",
+                "CallControl", "TokenService", "CallTokens", "RingingClient", "CallRules", "RingingContract", "RingingAuth",
+                "CallStore",
                 "AMQPClient", "PostgresClient",
                 "TestSupport", .product(name: "Logging", package: "swift-log"),
             ],

@@ -157,6 +157,23 @@ public final class AMQPConnection: Sendable {
         return AMQPConsumer(buffer: buffer, id: id, inbox: inbox)
     }
 
+    /// Starts receiving replies sent to `amq.rabbitmq.reply-to` (RabbitMQ's direct reply-to):
+    /// publish requests with `replyTo: "amq.rabbitmq.reply-to"` on this connection and their
+    /// replies arrive here, without a reply queue. The consumer lives on the publishing
+    /// channel, as the broker requires, and is resumed after a reconnect. Replies to requests
+    /// published before a reconnect are lost: retry those.
+    public func consumeDirectReplies() async throws -> AMQPConsumer {
+        let id = nextConsumerID.wrappingAdd(1, ordering: .relaxed).oldValue
+        var spec = ConsumerSpec(id: id, queue: Self.directReplyTo, prefetch: 0, noAck: true, exclusive: false, arguments: [:])
+        spec.onPublishChannel = true
+        let buffer = DeliveryBuffer()
+        try await perform { .consume(spec, buffer, $0) }
+        return AMQPConsumer(buffer: buffer, id: id, inbox: inbox)
+    }
+
+    /// The pseudo-queue of direct reply-to.
+    public static let directReplyTo = "amq.rabbitmq.reply-to"
+
     private func perform<T: Sendable>(_ command: (CheckedContinuation<T, any Error>) -> ConnectionCommand) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
             if !inbox.send(command(continuation)) {
@@ -173,6 +190,8 @@ struct ConsumerSpec: Sendable {
     let noAck: Bool
     let exclusive: Bool
     let arguments: AMQPTable
+    /// Consume on the publishing channel (direct reply-to needs both on one channel).
+    var onPublishChannel = false
 }
 
 /// How a delivery is settled, routed back to the thread that owns its channel.

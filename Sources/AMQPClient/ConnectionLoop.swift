@@ -363,9 +363,14 @@ final class ConnectionLoop {
 
     private func startConsumer(_ id: Int) throws(AMQPError) {
         guard let record = consumers[id], let connection else { return }
-        let channel = nextChannel
-        nextChannel += 1
-        try openChannel(channel)
+        let channel: UInt16
+        if record.spec.onPublishChannel {
+            channel = Self.publishChannel
+        } else {
+            channel = nextChannel
+            nextChannel += 1
+            try openChannel(channel)
+        }
         if !record.spec.noAck {
             amqp_basic_qos(connection, channel, 0, record.spec.prefetch, 0)
             try checkReply(channel: channel, context: "setting prefetch on '\(record.spec.queue)'")
@@ -567,6 +572,8 @@ final class ConnectionLoop {
                 for publish in unconfirmed { publish.continuation.resume(throwing: error) }
                 unconfirmed.removeAll()
                 try openPublishChannel()
+                // Consumers on the publishing channel (direct reply-to) start again with it.
+                for (id, record) in consumers where record.spec.onPublishChannel { try startConsumer(id) }
             } else if channel == Self.declareChannel {
                 try openChannel(channel)
             } else if let id = consumerByChannel.removeValue(forKey: channel), let record = consumers[id] {

@@ -58,8 +58,9 @@ public final class CallTokenIssuer: Sendable {
     public func issue(for uid: String, sessionID: UUID, callType: String, now: Date = Date()) async throws -> (
         token: String, expiresAt: Date
     ) {
-        let seconds = Double(lifetime.components.seconds)
-        let expiresAt = now.addingTimeInterval(seconds)
+        // Whole seconds: NumericDate allows fractions, but not every JWT library reads them.
+        let now = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))
+        let expiresAt = now.addingTimeInterval(Double(lifetime.components.seconds))
         let claims = CallTokenClaims(
             iss: IssuerClaim(value: issuer), sub: SubjectClaim(value: uid), aud: AudienceClaim(value: [audience]),
             sid: sessionID.uuidString.lowercased(), callType: callType, iat: IssuedAtClaim(value: now),

@@ -1,0 +1,224 @@
+// The client library against the real stack: the seed's calls and callbacks, each callback
+// exactly once with the right status; and `ringctl demo`.
+import AMQPClient
+import CallRules
+import Foundation
+import Logging
+import RingingClient
+import RingingContract
+import Synchronization
+import TestSupport
+import Testing
+
+/// Records the callbacks a client's delegate receives.
+final class Recorder: RingingClientDelegate {
+    private let calls = Mutex<[(String, Call, String?)]>([])
+
+    func onIncomingCallReceived(_ call: Call) { record("incoming", call) }
+    func onOutgoingCallAccepted(_ call: Call) { record("accepted", call) }
+    func onOutgoingCallRejected(_ call: Call) { record("rejected", call) }
+    func onIncomingCallCanceled(_ call: Call) { record("canceled", call) }
+    func onCallEndedMessageReceived(_ call: Call) { record("ended", call) }
+    func onCallAnsweredElsewhere(_ call: Call, deviceID: String?) { record("answeredElsewhere", call, deviceID) }
+    func onCallRejectedElsewhere(_ call: Call, deviceID: String?) { record("rejectedElsewhere", call, deviceID) }
+
+    private func record(_ name: String, _ call: Call, _ detail: String? = nil) {
+        calls.withLock { $0.append((name, call, detail)) }
+    }
+
+    /// The callbacks about `session`, as "name:status[:detail]".
+    func log(_ session: UUID) -> [String] {
+        calls.withLock {
+            $0.filter { $0.1.sessionID == session }.map { name, call, detail in
+                [name, call.status.rawValue, detail].compactMap { $0 }.joined(separator: ":")
+            }
+        }
+    }
+}
+
+/// A client of the library for one user and device, with its callbacks recorded.
+struct Device: Sendable {
+    let client: RingingClient
+    let recorder: Recorder
+    let notifications: Capture
+
+    /// Waits for the notification (the delegate has been called by then).
+    func expect(_ name: NotificationName, _ session: UUID) async throws {
+        try await notifications.next("\(client.uid) to get \(name.rawValue)") {
+            $0.type == name.rawValue && $0.call.sessionID == session
+        }
+    }
+}
+
+@Suite struct ClientLibraryTests {
+    static func withDevices(
+        _ s: Scenario, _ specs: [(String, String)], _ body: @escaping @Sendable ([Device]) async throws -> Void
+    ) async throws {
+        let url = try AMQPURL(TestEnvironment.amqpURL)
+        var devices: [Device] = []
+        var tasks: [RingingClient] = []
+        for (uid, device) in specs {
+            var configuration = RingingClientConfiguration(
+                amqp: url, authToken: try await s.auth.mint(uid: uid), deviceID: device)
+            configuration.replyTimeout = .seconds(10)
+            var logger = Logger(label: "client-test")
+            logger.logLevel = .warning
+            let client = try RingingClient(configuration: configuration, logger: logger)
+            let recorder = Recorder()
+            client.setDelegate(recorder)
+            // The test's own capture of the same notifications, to wait on.
+            let capture = try await Capture.start(
+                s.client.amqp, exchange: Topology.notificationsExchange, keys: [RoutingKey.allNotifications(for: uid)])
+            devices.append(Device(client: client, recorder: recorder, notifications: capture))
+            tasks.append(client)
+        }
+        let clients = tasks
+        let ready = devices
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for client in clients { group.addTask { try await client.run() } }
+            defer { group.cancelAll() }
+            for client in clients { try await client.waitUntilReady() }
+            try await body(ready)
+        }
+    }
+
+    @Test func theSeedFlowFiresEveryCallbackExactlyOnce() async throws {
+        try await Scenario.run(tokens: true) { s in
+            let alice = TestEnvironment.uniqueName("alice")
+            let bob = TestEnvironment.uniqueName("bob")
+            try await Self.withDevices(s, [(alice, "alice-phone"), (bob, "bob-phone"), (bob, "bob-tablet")]) { devices in
+                let (caller, phone, tablet) = (devices[0], devices[1], devices[2])
+                let call = try await caller.client.initiateCall(receiverID: bob, callType: .video)
+                #expect(caller.client.activeCall?.sessionID == call.sessionID, "the caller is active while it rings")
+                try await phone.expect(.incomingCallReceived, call.sessionID)
+
+                let accepted = try await phone.client.acceptCall(sessionID: call.sessionID)
+                #expect(accepted.status == .ongoing)
+                try await caller.expect(.outgoingCallAccepted, call.sessionID)
+                try await tablet.expect(.answeredElsewhere, call.sessionID)
+                // The tablet's late accept is refused with the call's state.
+                await #expect { try await tablet.client.acceptCall(sessionID: call.sessionID) } throws: { error in
+                    (error as? RingingError)?.code == .invalidState && (error as? RingingError)?.status == .ongoing
+                }
+                let callerToken = try await caller.client.generateToken(sessionID: call.sessionID)
+                let calleeToken = try await phone.client.generateToken(sessionID: call.sessionID)
+                #expect(callerToken.token != calleeToken.token)
+                #expect(try await phone.client.getActiveCall()?.sessionID == call.sessionID)
+
+                let ended = try await caller.client.endCall(sessionID: call.sessionID)
+                #expect(ended.status == .ended)
+                caller.client.clearActiveCall()
+                #expect(caller.client.activeCall == nil)
+                try await phone.expect(.callEnded, call.sessionID)
+                try await tablet.expect(.callEnded, call.sessionID)
+
+                // A barrier: a later call's notification means everything before it arrived.
+                let barrier = try await caller.client.initiateCall(receiverID: bob)
+                try await phone.expect(.incomingCallReceived, barrier.sessionID)
+                try await tablet.expect(.incomingCallReceived, barrier.sessionID)
+                #expect(caller.recorder.log(call.sessionID) == ["accepted:ongoing"])
+                #expect(
+                    phone.recorder.log(call.sessionID) == [
+                        "incoming:initiated", "answeredElsewhere:ongoing:bob-phone", "ended:ended",
+                    ])
+                #expect(
+                    tablet.recorder.log(call.sessionID) == [
+                        "incoming:initiated", "answeredElsewhere:ongoing:bob-phone", "ended:ended",
+                    ])
+
+                let history = try await phone.client.callHistory(limit: 10, direction: .incoming)
+                #expect(history.calls.map(\.sessionID).contains(call.sessionID))
+            }
+        }
+    }
+
+    @Test func rejectAndCancelReachTheOtherSide() async throws {
+        try await Scenario.run { s in
+            let alice = TestEnvironment.uniqueName("alice")
+            let bob = TestEnvironment.uniqueName("bob")
+            try await Self.withDevices(s, [(alice, "a"), (bob, "b")]) { devices in
+                let (caller, callee) = (devices[0], devices[1])
+                let rejected = try await caller.client.initiateCall(receiverID: bob)
+                try await callee.expect(.incomingCallReceived, rejected.sessionID)
+                #expect(try await callee.client.rejectCall(sessionID: rejected.sessionID, status: .rejected).status == .rejected)
+                try await caller.expect(.outgoingCallRejected, rejected.sessionID)
+                try await callee.expect(.rejectedElsewhere, rejected.sessionID)
+
+                let cancelled = try await caller.client.initiateCall(receiverID: bob)
+                try await callee.expect(.incomingCallReceived, cancelled.sessionID)
+                #expect(
+                    try await caller.client.rejectCall(sessionID: cancelled.sessionID, status: .cancelled).status == .cancelled)
+                try await callee.expect(.incomingCallCanceled, cancelled.sessionID)
+
+                #expect(caller.recorder.log(rejected.sessionID) == ["rejected:rejected"])
+                #expect(callee.recorder.log(rejected.sessionID) == ["incoming:initiated", "rejectedElsewhere:rejected:b"])
+                #expect(callee.recorder.log(cancelled.sessionID) == ["incoming:initiated", "canceled:cancelled"])
+                // An error names the code and the field.
+                await #expect { try await caller.client.initiateCall(receiverID: "not a uid") } throws: { error in
+                    (error as? RingingError)?.code == .invalidRequest && (error as? RingingError)?.field == "receiver_id"
+                }
+            }
+        }
+    }
+
+    @Test func ringctlDemoPasses() async throws {
+        try await Scenario.run(tokens: true) { _ in
+            let process = Process()
+            process.executableURL = ServiceProcess.binaries.appendingPathComponent("ringctl")
+            process.arguments = ["demo"]
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            process.standardError = pipe
+            try process.run()
+            let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 0, "\(output)")
+            #expect(output.contains("demo passed"))
+            for callback in [
+                "onIncomingCallReceived", "onOutgoingCallAccepted", "onCallAnsweredElsewhere", "onCallEndedMessageReceived",
+            ] {
+                #expect(output.contains(callback))
+            }
+        }
+    }
+
+    @Test func ringctlSaysClearlyWhenTheStackIsDown() throws {
+        let process = Process()
+        process.executableURL = ServiceProcess.binaries.appendingPathComponent("ringctl")
+        process.arguments = ["history", "alice", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus != 0)
+        #expect(output.contains("unavailable") && output.contains("127.0.0.1:1"), "\(output)")
+        #expect(output.split(separator: "\n").count <= 2, "one clear line, not a stack trace: \(output)")
+    }
+}
+
+@Suite(.serialized) struct ClientRestartTests {
+    @Test func theClientRidesOutABrokerRestartMidCall() async throws {
+        try await Scenario.run { s in
+            let alice = TestEnvironment.uniqueName("alice")
+            let bob = TestEnvironment.uniqueName("bob")
+            try await ClientLibraryTests.withDevices(s, [(alice, "a"), (bob, "b")]) { devices in
+                let (caller, callee) = (devices[0], devices[1])
+                let call = try await caller.client.initiateCall(receiverID: bob, timeout: 120)
+                try await callee.expect(.incomingCallReceived, call.sessionID)
+                try StackServer.broker.stop()
+                try StackServer.broker.start()
+                // Notifications published while a connection is down are lost with its
+                // auto-delete queue: wait until everyone listens again.
+                try await s.client.amqp.waitUntilConnected()
+                for device in devices { try await device.client.waitUntilConnected() }
+                // The library retries with the same message_id until it gets the reply.
+                #expect(try await callee.client.acceptCall(sessionID: call.sessionID).status == .ongoing)
+                // Its notification queue came back with the connection: alice hears about it.
+                try await caller.expect(.outgoingCallAccepted, call.sessionID)
+                #expect(try await caller.client.endCall(sessionID: call.sessionID).status == .ended)
+            }
+        }
+    }
+}
