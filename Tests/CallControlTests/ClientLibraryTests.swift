@@ -10,9 +10,9 @@ import Synchronization
 import TestSupport
 import Testing
 
-/// Records the callbacks a client's delegate receives.
+/// Records the callbacks a client's delegate receives, and lets a test wait for one.
 final class Recorder: RingingClientDelegate {
-    private let calls = Mutex<[(String, Call, String?)]>([])
+    private let calls = Mutex<(log: [(String, Call, String?)], waiters: [CheckedContinuation<Void, Never>])>(([], []))
 
     func onIncomingCallReceived(_ call: Call) { record("incoming", call) }
     func onOutgoingCallAccepted(_ call: Call) { record("accepted", call) }
@@ -23,14 +23,45 @@ final class Recorder: RingingClientDelegate {
     func onCallRejectedElsewhere(_ call: Call, deviceID: String?) { record("rejectedElsewhere", call, deviceID) }
 
     private func record(_ name: String, _ call: Call, _ detail: String? = nil) {
-        calls.withLock { $0.append((name, call, detail)) }
+        let waiters = calls.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.log.append((name, call, detail))
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
     }
 
     /// The callbacks about `session`, as "name:status[:detail]".
     func log(_ session: UUID) -> [String] {
         calls.withLock {
-            $0.filter { $0.1.sessionID == session }.map { name, call, detail in
+            $0.log.filter { $0.1.sessionID == session }.map { name, call, detail in
                 [name, call.status.rawValue, detail].compactMap { $0 }.joined(separator: ":")
+            }
+        }
+    }
+
+    /// Waits until the callback `name` about `session` has been called.
+    func wait(for name: String, _ session: UUID) async throws {
+        try await withDeadline(.seconds(30), "the callback \(name)") {
+            while !self.log(session).contains(where: { $0.hasPrefix(name + ":") }) {
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { continuation in
+                        let now = self.calls.withLock { state -> Bool in
+                            if Task.isCancelled || state.log.contains(where: { $0.0 == name && $0.1.sessionID == session }) {
+                                return true
+                            }
+                            state.waiters.append(continuation)
+                            return false
+                        }
+                        if now { continuation.resume() }
+                    }
+                } onCancel: {
+                    for waiter in self.calls.withLock({ state -> [CheckedContinuation<Void, Never>] in
+                        defer { state.waiters = [] }
+                        return state.waiters
+                    }) { waiter.resume() }
+                }
+                try Task.checkCancellation()
             }
         }
     }
@@ -40,13 +71,21 @@ final class Recorder: RingingClientDelegate {
 struct Device: Sendable {
     let client: RingingClient
     let recorder: Recorder
-    let notifications: Capture
 
-    /// Waits for the notification (the delegate has been called by then).
+    /// Waits until the notification reached this client's delegate.
     func expect(_ name: NotificationName, _ session: UUID) async throws {
-        try await notifications.next("\(client.uid) to get \(name.rawValue)") {
-            $0.type == name.rawValue && $0.call.sessionID == session
+        let callback: String
+        switch name {
+        case .incomingCallReceived: callback = "incoming"
+        case .outgoingCallAccepted: callback = "accepted"
+        case .outgoingCallRejected: callback = "rejected"
+        case .incomingCallCanceled: callback = "canceled"
+        case .callEnded: callback = "ended"
+        case .answeredElsewhere: callback = "answeredElsewhere"
+        case .rejectedElsewhere: callback = "rejectedElsewhere"
+        case .participantJoined, .participantLeft: callback = name.rawValue
         }
+        try await recorder.wait(for: callback, session)
     }
 }
 
@@ -66,10 +105,7 @@ struct Device: Sendable {
             let client = try RingingClient(configuration: configuration, logger: logger)
             let recorder = Recorder()
             client.setDelegate(recorder)
-            // The test's own capture of the same notifications, to wait on.
-            let capture = try await Capture.start(
-                s.client.amqp, exchange: Topology.notificationsExchange, keys: [RoutingKey.allNotifications(for: uid)])
-            devices.append(Device(client: client, recorder: recorder, notifications: capture))
+            devices.append(Device(client: client, recorder: recorder))
             tasks.append(client)
         }
         let clients = tasks
