@@ -162,14 +162,13 @@ import Testing
         }
     }
 
-    @Test func aGroupRingsEveryMemberWithJoinRejectAndMissed() async throws {
+    @Test func aGroupRingsEveryMemberWithJoinLeaveRejectAndMissed() async throws {
         try await Scenario.run { s in
             let service = try await s.party("svc")
             let serviceToken = try await s.auth.mint(uid: service.uid, service: true)
-            let members = [
-                try await s.party("alice"), try await s.party("bob"), try await s.party("carol"), try await s.party("dave"),
-            ]
-            let (alice, bob, carol, dave) = (members[0], members[1], members[2], members[3])
+            var members: [Party] = []
+            for name in ["alice", "bob", "carol", "dave", "erin"] { members.append(try await s.party(name)) }
+            let (alice, bob, carol, dave, erin) = (members[0], members[1], members[2], members[3], members[4])
             let group = TestEnvironment.uniqueName("team")
             let set = try await s.client.request(
                 RequestType.setGroupMembers.rawValue, token: serviceToken,
@@ -184,24 +183,39 @@ import Testing
                     [
                         "receiver_id": .string(group), "receiver_type": "group", "call_type": "video", "timeout_s": 6,
                     ]))
-            for member in [bob, carol, dave] { try await member.expect(.incomingCallReceived, call.sessionID) }
+            for member in [bob, carol, dave, erin] { try await member.expect(.incomingCallReceived, call.sessionID) }
             #expect(alice.received(.incomingCallReceived, call.sessionID).isEmpty)
 
+            // The first accept makes the call ongoing; another member joins while it rings.
             #expect(try Scenario.call(try await s.act(.accept, bob, call.sessionID)).status == .ongoing)
             try await alice.expect(.outgoingCallAccepted, call.sessionID)
-            let rejected = try Scenario.call(try await s.act(.reject, carol, call.sessionID, ["status": "rejected"]))
-            #expect(rejected.status == .ongoing, "a member's reject affects only that member")
-            #expect(rejected.participant(carol.uid)?.status == .rejected)
+            #expect(try Scenario.call(try await s.act(.accept, carol, call.sessionID)).status == .ongoing)
+            try await s.expectEvent(.joined, call.sessionID)
+            try await alice.expect(.participantJoined, call.sessionID)
+            try await bob.expect(.participantJoined, call.sessionID)
 
-            // dave does not answer: missed at the deadline, told to stop ringing.
-            try await dave.expect(.incomingCallCanceled, call.sessionID, timeout: .seconds(60))
+            // A member's reject affects only that member.
+            let rejected = try Scenario.call(try await s.act(.reject, dave, call.sessionID, ["status": "rejected"]))
+            #expect(rejected.status == .ongoing)
+            #expect(rejected.participant(dave.uid)?.status == .rejected)
+
+            // erin does not answer: missed at the deadline, told to stop ringing.
+            try await erin.expect(.incomingCallCanceled, call.sessionID, timeout: .seconds(60))
             let afterDeadline = try Scenario.call(try await s.act(.get, alice, call.sessionID))
-            #expect(afterDeadline.participant(dave.uid)?.status == .missed)
+            #expect(afterDeadline.participant(erin.uid)?.status == .missed)
             #expect(afterDeadline.status == .ongoing)
 
-            // bob leaves: fewer than two remain, so the call ends.
+            // carol leaves: alice and bob go on; bob leaves: fewer than two remain, so it ends.
+            #expect(try Scenario.call(try await s.act(.end, carol, call.sessionID)).status == .ongoing)
+            try await bob.expect(.participantLeft, call.sessionID)
             #expect(try Scenario.call(try await s.act(.end, bob, call.sessionID)).status == .ended)
             try await alice.expect(.callEnded, call.sessionID)
+            try await s.expectEvent(.ended, call.sessionID)
+            #expect(
+                s.eventTypes(call.sessionID) == [
+                    "call.initiated", "call.accepted", "call.joined", "call.rejected", "call.unanswered", "call.left",
+                    "call.ended",
+                ])
         }
     }
 }

@@ -64,8 +64,17 @@ struct Scenario: Sendable {
                 await service.waitUntilReady()
                 try await RingingTestClient.with { client in
                     let events = try await Capture.start(client.amqp, exchange: Topology.eventsExchange, keys: ["#"])
+                    // Every request anyone sends meanwhile (the client library, ringctl), for the contract check.
+                    let requests = try await Capture.start(client.amqp, exchange: Topology.commandsExchange, keys: ["#"])
+                    // And the dead letters: the malformed requests, which the contract check leaves out.
+                    let deadLetters = try await Capture.start(client.amqp, exchange: Topology.deadLetterExchange, keys: [""])
                     let auth = try await AuthTokens(secret: AuthTokens.developmentSecret)
-                    try await body(Scenario(client: client, auth: auth, events: events))
+                    try await withThrowingTaskGroup(of: Void.self) { drain in
+                        drain.addTask { try await requests.drain() }
+                        drain.addTask { try await deadLetters.drain() }
+                        defer { drain.cancelAll() }
+                        try await body(Scenario(client: client, auth: auth, events: events))
+                    }
                 }
             }
         }

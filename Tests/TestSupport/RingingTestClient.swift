@@ -46,6 +46,9 @@ public final class RingingTestClient: Sendable {
 
     private func deliver(_ delivery: AMQPDelivery) {
         guard let id = delivery.properties.correlationID else { return }
+        ContractLog.record(
+            "reply", routingKey: delivery.routingKey, messageID: delivery.properties.messageID, correlationID: id,
+            body: delivery.body)
         let result = Result { try WireTime.decoder.decode(WireReply.self, from: delivery.body) }
         let waiter = pending.withLock { slots -> CheckedContinuation<WireReply, any Error>? in
             switch slots[id] {
@@ -100,10 +103,20 @@ public final class RingingTestClient: Sendable {
             replyTo: replyQueue, messageID: messageID)
         if let traceparent { properties.headers["traceparent"] = .string(traceparent) }
         let message = AMQPMessage(exchange: Topology.commandsExchange, routingKey: type, body: body, properties: properties)
+        ContractLog.record("request", routingKey: type, messageID: messageID, correlationID: correlation, body: body)
         pending.withLock { $0[correlation] = .expected }
-        do { try await amqp.publish(message) } catch {
-            pending.withLock { _ = $0.removeValue(forKey: correlation) }
-            throw error
+        // A nack means a queue the message was routed to went away meanwhile (another test's
+        // capture queue): publish again, as a client does; the message_id keeps it idempotent.
+        for attempt in 1...3 {
+            do {
+                try await amqp.publish(message)
+                break
+            } catch let error as AMQPError where error.code == .nacked && attempt < 3 {
+                continue
+            } catch {
+                pending.withLock { _ = $0.removeValue(forKey: correlation) }
+                throw error
+            }
         }
         return try await withDeadline(timeout, "the reply to \(type)") { try await self.awaitReply(correlation) }
     }
@@ -160,6 +173,22 @@ public final class Capture: Sendable {
         for delivery in batch {
             delivery.ack()
             raw.withLock { $0.append(delivery) }
+            switch delivery.exchange {
+            case Topology.eventsExchange:
+                ContractLog.record(
+                    "event", routingKey: delivery.routingKey, messageID: delivery.properties.messageID, body: delivery.body)
+            case Topology.notificationsExchange:
+                ContractLog.record(
+                    "notification", routingKey: delivery.routingKey, messageID: delivery.properties.messageID, body: delivery.body
+                )
+            case Topology.commandsExchange:
+                ContractLog.record(
+                    "request", routingKey: delivery.routingKey, messageID: delivery.properties.messageID, body: delivery.body)
+            case Topology.deadLetterExchange:
+                ContractLog.record(
+                    "dead-letter", routingKey: delivery.routingKey, messageID: delivery.properties.messageID, body: delivery.body)
+            default: break
+            }
             if let event = try? WireTime.decoder.decode(WireEvent.self, from: delivery.body) {
                 seen.withLock { $0.append(event) }
             }
@@ -184,4 +213,9 @@ public final class Capture: Sendable {
     }
 
     public func stop() { consumer.cancel() }
+
+    /// Receives (and logs) everything until the capture is stopped or the task cancelled.
+    public func drain() async throws {
+        while try await receiveBatch() {}
+    }
 }
