@@ -6,19 +6,18 @@ import Synchronization
 import TestSupport
 import Testing
 
-@Suite struct AMQPIntegrationTests {
-    let configuration: AMQPConfiguration
-
-    init() throws {
-        var configuration = AMQPConfiguration(url: try AMQPURL(TestEnvironment.amqpURL), connectionName: "amqp-tests")
-        configuration.operationTimeout = .seconds(60)
-        self.configuration = configuration
+/// A connection to the test broker for the duration of `body`.
+func withTestConnection(_ name: String, _ body: @escaping @Sendable (AMQPConnection) async throws -> Void) async throws {
+    var configuration = AMQPConfiguration(url: try AMQPURL(TestEnvironment.amqpURL), connectionName: name)
+    configuration.operationTimeout = .seconds(60)
+    try await withDeadline(.seconds(180), "the test body") { [configuration] in
+        try await AMQPConnection.withConnection(configuration: configuration) { try await body($0) }
     }
+}
 
+@Suite struct AMQPIntegrationTests {
     private func connection(_ body: @escaping @Sendable (AMQPConnection) async throws -> Void) async throws {
-        try await withDeadline(.seconds(180), "the test body") { [configuration] in
-            try await AMQPConnection.withConnection(configuration: configuration) { try await body($0) }
-        }
+        try await withTestConnection("amqp-tests", body)
     }
 
     @Test func tenThousandPersistentMessagesThroughAQuorumQueueArriveExactlyOnce() async throws {
@@ -159,18 +158,8 @@ import Testing
 /// Stops and starts the broker: run on its own (`swift test --filter RestartTests`), since it
 /// pulls the broker from under every other test.
 @Suite(.serialized) struct AMQPRestartTests {
-    let configuration: AMQPConfiguration
-
-    init() throws {
-        var configuration = AMQPConfiguration(url: try AMQPURL(TestEnvironment.amqpURL), connectionName: "amqp-restart-tests")
-        configuration.operationTimeout = .seconds(60)
-        self.configuration = configuration
-    }
-
     private func connection(_ body: @escaping @Sendable (AMQPConnection) async throws -> Void) async throws {
-        try await withDeadline(.seconds(180), "the test body") { [configuration] in
-            try await AMQPConnection.withConnection(configuration: configuration) { try await body($0) }
-        }
+        try await withTestConnection("amqp-restart-tests", body)
     }
 
     @Test func aConsumerSurvivesABrokerRestartWithoutLosingOrRepeatingAckedWork() async throws {

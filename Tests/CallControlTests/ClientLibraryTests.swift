@@ -199,16 +199,8 @@ struct Device: Sendable {
 
     @Test func ringctlDemoPasses() async throws {
         try await Scenario.run(tokens: true) { _ in
-            let process = Process()
-            process.executableURL = ServiceProcess.binaries.appendingPathComponent("ringctl")
-            process.arguments = ["demo"]
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = pipe
-            try process.run()
-            let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            #expect(process.terminationStatus == 0, "\(output)")
+            let (status, output) = try runExecutable("ringctl", ["demo"])
+            #expect(status == 0, "\(output)")
             #expect(output.contains("demo passed"))
             for callback in [
                 "onIncomingCallReceived", "onOutgoingCallAccepted", "onCallAnsweredElsewhere", "onCallEndedMessageReceived",
@@ -219,16 +211,9 @@ struct Device: Sendable {
     }
 
     @Test func ringctlSaysClearlyWhenTheStackIsDown() throws {
-        let process = Process()
-        process.executableURL = ServiceProcess.binaries.appendingPathComponent("ringctl")
-        process.arguments = ["history", "alice", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus != 0)
+        let (status, output) = try runExecutable(
+            "ringctl", ["history", "alice", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/"])
+        #expect(status != 0)
         #expect(output.contains("unavailable") && output.contains("127.0.0.1:1"), "\(output)")
         #expect(output.split(separator: "\n").count <= 2, "one clear line, not a stack trace: \(output)")
     }

@@ -143,17 +143,7 @@ extension Data {
 
 @Suite struct TokenServiceCommandTests {
     static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = ServiceProcess.binaries.appendingPathComponent("token-service")
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        try runExecutable("token-service", arguments, environment: environment)
     }
 
     @Test func jwksPrintsTheKeysAMediaServerNeeds() async throws {

@@ -106,3 +106,21 @@ public final class ServiceProcess: Sendable {
         return process.terminationStatus
     }
 }
+
+/// Runs one of the package's executables to completion; returns its exit status and what it
+/// printed (stdout and stderr together).
+public func runExecutable(_ name: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (
+    status: Int32, output: String
+) {
+    let process = Process()
+    process.executableURL = ServiceProcess.binaries.appendingPathComponent(name)
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
