@@ -19,6 +19,9 @@ let package = Package(
         .package(url: "https://github.com/vapor/jwt-kit", from: "5.8.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
     ],
     targets: [
         // C libraries, from Debian's -dev packages (see scripts/stack).
@@ -77,13 +80,26 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The operations surface of the services: /healthz, /readyz, /metrics (Prometheus).
+        .target(
+            name: "RingingOperations",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
         // The call-control service: workers, ring timer, outbox relay.
         .target(
             name: "CallControl",
             dependencies: [
                 "AMQPClient", "PostgresClient", "CallRules", "RingingContract", "RingingAuth", "CallStore", "RingingService",
-                "DedicatedThreads",
+                "DedicatedThreads", "RingingOperations",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
@@ -91,7 +107,7 @@ let package = Package(
         .executableTarget(
             name: "call-control",
             dependencies: [
-                "CallControl",
+                "CallControl", "RingingOperations",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -109,8 +125,9 @@ let package = Package(
             name: "TokenService",
             dependencies: [
                 "AMQPClient", "PostgresClient", "CallRules", "RingingContract", "RingingAuth", "CallStore", "RingingService",
-                "CallTokens", "DedicatedThreads",
+                "CallTokens", "DedicatedThreads", "RingingOperations",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
@@ -118,7 +135,7 @@ let package = Package(
         .executableTarget(
             name: "token-service",
             dependencies: [
-                "TokenService", "CallTokens", "RingingService",
+                "TokenService", "CallTokens", "RingingService", "RingingOperations",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -164,7 +181,8 @@ let package = Package(
         .testTarget(
             name: "CallControlTests",
             dependencies: [
-                "CallControl", "TokenService", "CallTokens", "RingingClient", "CallRules", "RingingContract", "RingingAuth",
+                "CallControl", "TokenService", "CallTokens", "RingingClient", "RingingOperations", "CallRules", "RingingContract",
+                "RingingAuth",
                 "CallStore",
                 "AMQPClient", "PostgresClient",
                 "TestSupport", .product(name: "Logging", package: "swift-log"),

@@ -19,6 +19,9 @@ public struct CallControlConfiguration: Sendable {
     public var outboxGrace: Duration
     /// Shown in logs and in the broker's connection list.
     public var instanceName: String
+    /// Where /healthz, /readyz and /metrics are served; port 0 turns them off.
+    public var httpHost: String
+    public var httpPort: Int
 
     public init(environment: Environment = Environment()) throws {
         amqp = try environment.amqpURL()
@@ -30,6 +33,8 @@ public struct CallControlConfiguration: Sendable {
         outboxGrace = .seconds(try environment.integer("RINGING_OUTBOX_GRACE_S", default: 5, in: 1...3600))
         instanceName = environment.string("RINGING_INSTANCE", default: "call-control-\(ProcessID.current)")
         database.applicationName = instanceName
+        httpHost = environment.string("RINGING_HTTP_HOST", default: "127.0.0.1")
+        httpPort = try environment.integer("RINGING_HTTP_PORT", default: 8081, in: 0...65535)
     }
 
     public var usesDevelopmentSecret: Bool { authSecret == AuthTokens.developmentSecret }

@@ -7,9 +7,11 @@ import CallStore
 import DedicatedThreads
 import Foundation
 public import Logging
+import Metrics
 import PostgresClient
 import RingingAuth
 import RingingContract
+import RingingOperations
 import RingingService
 public import ServiceLifecycle
 import Synchronization
@@ -59,6 +61,20 @@ public final class CallControlService: Service, Sendable {
             connections.addTask { await self.publisher.run() }
             connections.addTask { await self.consumerConnection.run() }
             connections.addTask { await self.listener.run() }
+            if configuration.httpPort > 0 {
+                let server = OperationsServer(host: configuration.httpHost, port: configuration.httpPort, logger: logger) {
+                    await self.readiness()
+                }
+                connections.addTask {
+                    do { try await server.run() } catch {
+                        self.logger.error(
+                            "the operations endpoints are down",
+                            metadata: [
+                                "address": "\(server.host):\(server.port)", "error": "\(error)",
+                            ])
+                    }
+                }
+            }
             defer { connections.cancelAll() }
             try await migrate()
             try await declareTopology()
@@ -87,6 +103,24 @@ public final class CallControlService: Service, Sendable {
             }
             await pool.close()
         }
+    }
+
+    /// For /readyz: migrations done and consumers started, both broker connections up, and
+    /// the database answering within two seconds.
+    func readiness() async -> Readiness {
+        let database = await withTaskGroup(of: Bool.self) { group in
+            group.addTask { (try? await self.pool.query("SELECT 1")) != nil }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(2))
+                return false
+            }
+            defer { group.cancelAll() }
+            return await group.next() ?? false
+        }
+        return Readiness(checks: [
+            ("migrations and consumers", isReady), ("broker (publish)", publisher.isConnected),
+            ("broker (consume)", consumerConnection.isConnected), ("database", database),
+        ])
     }
 
     // MARK: - Start
@@ -131,6 +165,7 @@ public final class CallControlService: Service, Sendable {
     /// One batch: check and authenticate each request, apply the good ones in one
     /// transaction, publish what it committed, then settle every delivery.
     func handle(_ batch: [AMQPDelivery], logger: Logger) async {
+        let started = ContinuousClock.now
         var jobs: [(AMQPDelivery, RequestEnvelope, Job)] = []
         var refused: [(AMQPDelivery, RequestEnvelope?, CallError)] = []
         for delivery in batch {
@@ -189,6 +224,18 @@ public final class CallControlService: Service, Sendable {
             }
         }
         for (delivery, _, _) in jobs { delivery.ack() }
+        let elapsed = ContinuousClock.now - started
+        for ((_, _, job), outcome) in zip(jobs, outcomes) {
+            Counter(
+                label: "ringing_requests_total", dimensions: [("type", job.request.type.rawValue), ("outcome", outcome.code)]
+            ).increment()
+            Metrics.Timer(label: "ringing_request_duration_seconds", dimensions: [("type", job.request.type.rawValue)]).record(
+                duration: elapsed)
+        }
+        for (delivery, _, error) in refused {
+            let type = RequestType(rawValue: delivery.routingKey)?.rawValue ?? "unknown"
+            Counter(label: "ringing_requests_total", dimensions: [("type", type), ("outcome", error.code.rawValue)]).increment()
+        }
         for (delivery, _, error) in refused {
             // Malformed requests go to calls.dead-letter; refusals of well-formed ones are answered and done.
             if error.code == .invalidRequest { delivery.reject(requeue: false) } else { delivery.ack() }
@@ -311,6 +358,8 @@ public final class CallControlService: Service, Sendable {
                 for call in due {
                     let decision = CallRules.expireIfDue(call, at: now)
                     guard decision.changed else { continue }
+                    Metrics.Timer(label: "ringing_ring_timer_lateness_seconds").record(
+                        duration: .milliseconds(Int64(max(0, now.timeIntervalSince(call.expiresAt)) * 1000)))
                     try CallStore.save(db, decision.call, previous: call)
                     messages.append(
                         contentsOf: try CallStore.insertOutbox(db, RequestProcessor.messages(for: decision, traceparent: nil)))
@@ -346,6 +395,14 @@ public final class CallControlService: Service, Sendable {
                     try await pool.withConnection { try await CallStore.deleteOutbox($0, ids: claimed.map(\.id)) }
                     if claimed.count == 500 { continue }
                 }
+                let figures = try await pool.withConnection { try await CallStore.operationalFigures($0) }
+                Gauge(label: "ringing_ring_timers_pending").record(figures.ringTimersPending)
+                Gauge(label: "ringing_active_calls").record(figures.activeCalls)
+                Gauge(label: "ringing_outbox_backlog").record(figures.outboxBacklog)
+                Gauge(label: "ringing_outbox_oldest_age_seconds").record(figures.outboxOldestSeconds)
+                Gauge(label: "ringing_amqp_reconnects", dimensions: [("connection", "publish")]).record(publisher.reconnectCount)
+                Gauge(label: "ringing_amqp_reconnects", dimensions: [("connection", "consume")]).record(
+                    consumerConnection.reconnectCount)
                 if ContinuousClock.now - lastCleanup > .seconds(600) {
                     lastCleanup = ContinuousClock.now
                     try await pool.query("DELETE FROM processed_requests WHERE processed_at < now() - interval '1 day'")

@@ -3,6 +3,7 @@
 import CallControl
 import Foundation
 import Logging
+import RingingOperations
 import ServiceLifecycle
 
 LoggingSystem.bootstrap { label in
@@ -12,6 +13,7 @@ LoggingSystem.bootstrap { label in
     return handler
 }
 let logger = Logger(label: "call-control")
+_ = RingingMetrics.registry  // swift-metrics reports to Prometheus (/metrics) from here on
 
 do {
     let configuration = try CallControlConfiguration()

@@ -330,6 +330,20 @@ public enum CallStore {
             .decodeColumns((Int, Double).self)
     }
 
+    /// Figures for the operations surface: ring timers pending, calls with an active
+    /// participant, and the outbox backlog with the age of its oldest message (seconds).
+    public static func operationalFigures(_ db: isolated PostgresConnection) throws -> (
+        ringTimersPending: Int, activeCalls: Int, outboxBacklog: Int, outboxOldestSeconds: Double
+    ) {
+        try db.query(
+            """
+            SELECT (SELECT count(*) FROM calls WHERE ring_pending)::int8,
+                   (SELECT count(DISTINCT session_id) FROM call_participants WHERE active)::int8,
+                   (SELECT count(*) FROM outbox)::int8,
+                   (SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0) FROM outbox)::float8
+            """)[0].decodeColumns((Int, Int, Int, Double).self)
+    }
+
     // MARK: - Loading
 
     private static func loadCalls(_ db: isolated PostgresConnection, _ rows: PostgresRows) throws -> [CallSession] {

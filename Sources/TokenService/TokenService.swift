@@ -7,9 +7,11 @@ public import CallTokens
 import DedicatedThreads
 import Foundation
 public import Logging
+import Metrics
 import PostgresClient
 import RingingAuth
 import RingingContract
+import RingingOperations
 import RingingService
 public import ServiceLifecycle
 import Synchronization
@@ -50,6 +52,20 @@ public final class TokenService: Service, Sendable {
         try await withThrowingTaskGroup(of: Void.self) { connections in
             connections.addTask { await self.publisher.run() }
             connections.addTask { await self.consumerConnection.run() }
+            if configuration.httpPort > 0 {
+                let server = OperationsServer(host: configuration.httpHost, port: configuration.httpPort, logger: logger) {
+                    await self.readiness()
+                }
+                connections.addTask {
+                    do { try await server.run() } catch {
+                        self.logger.error(
+                            "the operations endpoints are down",
+                            metadata: [
+                                "address": "\(server.host):\(server.port)", "error": "\(error)",
+                            ])
+                    }
+                }
+            }
             defer { connections.cancelAll() }
             while true {
                 do {
@@ -78,6 +94,24 @@ public final class TokenService: Service, Sendable {
             }
             await pool.close()
         }
+    }
+
+    /// For /readyz: consumers started, both broker connections up, the database answering.
+    func readiness() async -> Readiness {
+        let database = await withTaskGroup(of: Bool.self) { group in
+            group.addTask { (try? await self.pool.query("SELECT 1")) != nil }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(2))
+                return false
+            }
+            defer { group.cancelAll() }
+            return await group.next() ?? false
+        }
+        return Readiness(checks: [
+            ("consumers", isReady), ("broker (publish)", publisher.isConnected),
+            ("broker (consume)", consumerConnection.isConnected),
+            ("database", database),
+        ])
     }
 
     private func work(_ consumer: AMQPConsumer, worker: Int) async throws {
@@ -124,6 +158,13 @@ public final class TokenService: Service, Sendable {
         } catch {
             reply = .error(CallError(.unavailable, "the token could not be issued now; retry"))
         }
+        Counter(
+            label: "ringing_requests_total",
+            dimensions: [
+                ("type", RequestType(rawValue: delivery.routingKey)?.rawValue ?? "unknown"),
+                ("outcome", reply.error?.code.rawValue ?? "ok"),
+            ]
+        ).increment()
         logger.debug(
             "token request answered",
             metadata: [

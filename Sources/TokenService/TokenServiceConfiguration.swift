@@ -22,6 +22,9 @@ public struct TokenServiceConfiguration: Sendable {
     public var workers: Int
     public var prefetch: Int
     public var instanceName: String
+    /// Where /healthz, /readyz and /metrics are served; port 0 turns them off.
+    public var httpHost: String
+    public var httpPort: Int
 
     public init(environment: Environment = Environment()) throws {
         amqp = try environment.amqpURL()
@@ -50,6 +53,8 @@ public struct TokenServiceConfiguration: Sendable {
         prefetch = try environment.integer("RINGING_PREFETCH", default: 64, in: 1...10_000)
         instanceName = environment.string("RINGING_INSTANCE", default: "token-service-\(getpid())")
         database.applicationName = instanceName
+        httpHost = environment.string("RINGING_HTTP_HOST", default: "127.0.0.1")
+        httpPort = try environment.integer("RINGING_HTTP_PORT", default: 8082, in: 0...65535)
     }
 
     public var usesDevelopmentKey: Bool { signingKey.kid == "dev-1" }

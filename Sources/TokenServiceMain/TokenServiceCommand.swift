@@ -4,6 +4,7 @@ import ArgumentParser
 import CallTokens
 import Foundation
 import Logging
+import RingingOperations
 import RingingService
 import ServiceLifecycle
 import TokenService
@@ -29,6 +30,7 @@ struct TokenServiceCommand: AsyncParsableCommand {
                 return handler
             }
             let logger = Logger(label: "token-service")
+            _ = RingingMetrics.registry  // swift-metrics reports to Prometheus (/metrics) from here on
             do {
                 let service = try await TokenService(configuration: try TokenServiceConfiguration(), logger: logger)
                 let group = ServiceGroup(

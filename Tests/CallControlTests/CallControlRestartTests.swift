@@ -8,11 +8,14 @@ import Testing
 
 @Suite(.serialized) struct CallControlRestartTests {
     @Test func aRequestSentWhileTheDatabaseIsDownIsAppliedWhenItReturns() async throws {
-        try await Scenario.run { s in
+        let port = Int.random(in: 30_000...39_999)
+        try await Scenario.run(httpPort: port) { s in
             let alice = try await s.party("alice")
             let bob = try await s.party("bob")
             let call = try await s.call(alice, bob, timeout: 120)
             try StackServer.postgres.stop()
+            // Not ready while the database is away (and ready again later).
+            #expect(try await OperationsTests.get(port, "readyz").status == 503)
             // The request waits, unacknowledged, while the service retries the transaction.
             async let accepted = s.client.request(
                 RequestType.accept.rawValue, token: bob.token,

@@ -7,6 +7,7 @@ import Foundation
 import Logging
 import RingingAuth
 import RingingContract
+import RingingOperations
 import RingingService
 import TestSupport
 import TokenService
@@ -42,18 +43,24 @@ struct Scenario: Sendable {
         return logger
     }
 
-    static func configuration(workers: Int = 2) throws -> CallControlConfiguration {
+    /// Several instances run in one test process: no operations port unless a test asks.
+    static func configuration(workers: Int = 2, httpPort: Int = 0) throws -> CallControlConfiguration {
         try CallControlConfiguration(
             environment: Environment([
                 "RINGING_AMQP_URL": TestEnvironment.amqpURL, "RINGING_DATABASE_URL": TestEnvironment.databaseURL,
                 "RINGING_CALL_CONTROL_WORKERS": "\(workers)", "RINGING_INSTANCE": TestEnvironment.uniqueName("cc-test"),
+                "RINGING_HTTP_PORT": "\(httpPort)",
             ]))
     }
 
     /// Runs `body` against a fresh call-control instance (one of possibly several sharing the
     /// queue, as in production) and a fresh client.
-    static func run(tokens: Bool = false, _ body: @escaping @Sendable (Scenario) async throws -> Void) async throws {
-        let service = try await CallControlService(configuration: try configuration(), logger: quietLogger("call-control-test"))
+    static func run(
+        tokens: Bool = false, httpPort: Int = 0, _ body: @escaping @Sendable (Scenario) async throws -> Void
+    ) async throws {
+        _ = RingingMetrics.registry
+        let service = try await CallControlService(
+            configuration: try configuration(httpPort: httpPort), logger: quietLogger("call-control-test"))
         let tokenService: TokenService? =
             tokens ? try await TokenService(configuration: try tokenConfiguration(), logger: quietLogger("token-test")) : nil
         try await withDeadline(.seconds(100), "the scenario") {
@@ -85,7 +92,7 @@ struct Scenario: Sendable {
             environment: Environment(
                 [
                     "RINGING_AMQP_URL": TestEnvironment.amqpURL, "RINGING_TOKEN_DATABASE_URL": TestEnvironment.readerDatabaseURL,
-                    "RINGING_INSTANCE": TestEnvironment.uniqueName("token-test"),
+                    "RINGING_INSTANCE": TestEnvironment.uniqueName("token-test"), "RINGING_HTTP_PORT": "0",
                 ].merging(extra) { $1 }))
     }
 

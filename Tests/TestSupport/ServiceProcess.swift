@@ -35,6 +35,7 @@ public final class ServiceProcess: Sendable {
         env["RINGING_DATABASE_URL"] = TestEnvironment.databaseURL
         env["RINGING_INSTANCE"] = name
         env["RINGING_LOG_LEVEL"] = env["RINGING_LOG_LEVEL"] ?? "info"
+        env["RINGING_HTTP_PORT"] = "0"  // several instances on one machine: no shared port unless asked
         for (key, value) in environment { env[key] = value }
         process.environment = env
         let pipe = Pipe()
