@@ -13,7 +13,7 @@ import Testing
     final class Progress: Sendable {
         let sessions = Mutex<[Int: UUID]>([:])
         let replies = Atomic<Int>(0)
-        let killed = Atomic<Bool>(false)
+        let milestonesRan = Atomic<Bool>(false)
         let finished = Mutex<Set<UUID>>([])
     }
 
@@ -58,18 +58,25 @@ import Testing
         throw TimedOut(what: "a reply to \(type.rawValue) after 6 attempts")
     }
 
-    @Test(.timeLimit(.minutes(5)))
-    func aKilledInstanceLosesAndDuplicatesNothing() async throws {
-        let run = TestEnvironment.uniqueName("crash")
-        let instances = try (0..<3).map {
-            try ServiceProcess(
-                executable: "call-control", name: "\(run)-\($0)",
-                environment: ["RINGING_CALL_CONTROL_WORKERS": "2", "RINGING_OUTBOX_GRACE_S": "2"],
-                readyLine: "call-control ready")
-        }
-        defer { for instance in instances where instance.isRunning { instance.terminate() } }
-        for instance in instances { try await instance.waitUntilReady() }
-        let count = 1000
+    /// Three call-control processes, for the tests that change the set of instances under load.
+    static func startInstances(_ run: String, count: Int = 3) throws -> [ServiceProcess] {
+        try (0..<count).map { try callControl("\(run)-\($0)") }
+    }
+
+    static func callControl(_ name: String) throws -> ServiceProcess {
+        try ServiceProcess(
+            executable: "call-control", name: name,
+            environment: ["RINGING_CALL_CONTROL_WORKERS": "2", "RINGING_OUTBOX_GRACE_S": "2"],
+            readyLine: "call-control ready")
+    }
+
+    /// Drives `count` calls through their plans, 100 requests in flight, running `milestone`
+    /// once when `count / 3` and again when `2 * count / 3` initiates have been answered;
+    /// then checks every call's events and stored state against its plan.
+    /// With `tokens`, both sides of every answered call also get a call token.
+    static func driveCallsAndCheck(
+        run: String, count: Int, tokens withTokens: Bool = false, milestone: @escaping @Sendable (Int) async throws -> Void
+    ) async throws {
         try await RingingTestClient.with { client in
             let events = try await Capture.start(client.amqp, exchange: Topology.eventsExchange, keys: ["#"])
             let auth = try await AuthTokens(secret: AuthTokens.developmentSecret)
@@ -81,7 +88,7 @@ import Testing
             }
             let progress = Progress()
 
-            // Every call in flight at once (100 requests at a time); instance 0 dies a third of the way.
+            // Every call in flight at once (100 requests at a time); the milestones happen meanwhile.
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for index in 0..<count {
                     if index >= 100 { try await group.next() }
@@ -98,16 +105,22 @@ import Testing
                             throw ScenarioError("initiate \(index) failed: \(initiated.error?.message ?? "")")
                         }
                         progress.sessions.withLock { $0[index] = call.sessionID }
-                        if progress.replies.add(1, ordering: .relaxed).newValue == count / 3,
-                            !progress.killed.exchange(true, ordering: .relaxed)
-                        {
-                            instances[0].kill()
+                        let answered = progress.replies.add(1, ordering: .relaxed).newValue
+                        if answered == count / 3 || answered == 2 * count / 3 {
+                            try await milestone(answered)
+                            progress.milestonesRan.store(true, ordering: .relaxed)
                         }
                         let id: JSONObject = ["session_id": .string(call.sessionID.uuidString)]
                         switch plan {
                         case .acceptAndEnd:
                             let accepted = try await Self.send(client, .accept, token: party.calleeToken, id)
                             #expect(accepted.call?.status == .ongoing, "accept \(index): \(accepted.error?.message ?? "")")
+                            if withTokens {
+                                for token in [party.callerToken, party.calleeToken] {
+                                    let issued = try await Self.send(client, .generateToken, token: token, id)
+                                    #expect(issued.token != nil, "token \(index): \(issued.error?.message ?? "")")
+                                }
+                            }
                             let ended = try await Self.send(client, .end, token: party.callerToken, id)
                             #expect(ended.call?.status == .ended, "end \(index): \(ended.error?.message ?? "")")
                         case .reject:
@@ -125,9 +138,8 @@ import Testing
                 }
                 try await group.waitForAll()
             }
-            let wasKilled = progress.killed.load(ordering: .relaxed)
-            #expect(wasKilled)
-            #expect(!instances[0].isRunning)
+            let milestonesRan = progress.milestonesRan.load(ordering: .relaxed)
+            #expect(milestonesRan)
 
             // Every call's last event arrives (the timeouts within their deadline plus the sweep).
             let byIndex = progress.sessions.withLock { $0 }
@@ -170,7 +182,57 @@ import Testing
             }
             await pool.close()
         }
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func aKilledInstanceLosesAndDuplicatesNothing() async throws {
+        let run = TestEnvironment.uniqueName("crash")
+        let instances = try Self.startInstances(run)
+        defer { for instance in instances where instance.isRunning { instance.terminate() } }
+        for instance in instances { try await instance.waitUntilReady() }
+        try await Self.driveCallsAndCheck(run: run, count: 1000) { answered in
+            if answered == 1000 / 3 { instances[0].kill() }
+        }
+        #expect(!instances[0].isRunning)
         // The survivors stop cleanly on SIGTERM.
         for instance in instances.dropFirst() { #expect(instance.terminate() == 0) }
+    }
+}
+
+@Suite struct ScaleOutTests {
+    final class Added: Sendable {
+        let instance = Mutex<ServiceProcess?>(nil)
+    }
+
+    /// Three call-control and two token-service processes serve 600 calls (with call tokens);
+    /// a fourth call-control joins a third of the way, and one call-control and one token
+    /// service leave (SIGTERM) two thirds of the way. Nothing is lost or duplicated.
+    @Test(.timeLimit(.minutes(5)))
+    func instancesComeAndGoUnderLoadWithoutLoss() async throws {
+        let run = TestEnvironment.uniqueName("scale")
+        let callControls = try CrashSafetyTests.startInstances(run)
+        let tokenServices = try (0..<2).map {
+            try ServiceProcess(
+                executable: "token-service", name: "\(run)-t\($0)",
+                environment: ["RINGING_TOKEN_DATABASE_URL": TestEnvironment.readerDatabaseURL], readyLine: "token-service ready")
+        }
+        let added = Added()
+        defer {
+            for instance in callControls + tokenServices where instance.isRunning { instance.terminate() }
+            added.instance.withLock { $0?.terminate() }
+        }
+        for instance in callControls + tokenServices { try await instance.waitUntilReady() }
+        let count = 600
+        try await CrashSafetyTests.driveCallsAndCheck(run: run, count: count, tokens: true) { answered in
+            if answered == count / 3 {
+                let fourth = try CrashSafetyTests.callControl("\(run)-3")
+                added.instance.withLock { $0 = fourth }
+                try await fourth.waitUntilReady()
+            } else {
+                #expect(callControls[1].terminate() == 0, "a call-control instance leaves cleanly")
+                #expect(tokenServices[0].terminate() == 0, "a token-service instance leaves cleanly")
+            }
+        }
+        #expect(added.instance.withLock { $0?.isRunning } == true)
     }
 }
