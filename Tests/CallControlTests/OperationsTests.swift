@@ -46,3 +46,26 @@ import Testing
 
     func mallory(_ s: Scenario) async throws -> Party { try await s.party("mallory") }
 }
+
+@Suite struct TraceContextTests {
+    @Test func aRequestsTraceparentFollowsTheCallIntoEventsAndNotifications() async throws {
+        try await Scenario.run { s in
+            let alice = try await s.party("alice")
+            let bob = try await s.party("bob")
+            let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            let body = try JSONEncoder().encode([
+                "auth_token": alice.token, "receiver_id": bob.uid, "receiver_type": "user", "call_type": "audio",
+            ])
+            let reply = try await s.client.send(RequestType.initiate.rawValue, body: body, traceparent: traceparent)
+            let call = try Scenario.call(reply)
+            let incoming = try await bob.expect(.incomingCallReceived, call.sessionID)
+            #expect(incoming.traceparent == traceparent)
+            #expect(try await s.expectEvent(.initiated, call.sessionID).traceparent == traceparent)
+            // A request without one starts no trace.
+            let carol = try await s.party("carol")
+            let dave = try await s.party("dave")
+            let other = try await s.call(carol, dave)
+            #expect(try await dave.expect(.incomingCallReceived, other.sessionID).traceparent == nil)
+        }
+    }
+}
