@@ -22,6 +22,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.1.0"),
+        .package(url: "https://github.com/swift-otel/swift-w3c-trace-context", from: "1.0.0"),
     ],
     targets: [
         // C libraries, from Debian's -dev packages (see scripts/stack).
@@ -92,12 +94,21 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // W3C trace context propagation through swift-distributed-tracing.
+        .target(
+            name: "RingingTracing",
+            dependencies: [
+                .product(name: "Instrumentation", package: "swift-distributed-tracing"),
+                .product(name: "W3CTraceContext", package: "swift-w3c-trace-context"),
+            ],
+            swiftSettings: strict
+        ),
         // The call-control service: workers, ring timer, outbox relay.
         .target(
             name: "CallControl",
             dependencies: [
                 "AMQPClient", "PostgresClient", "CallRules", "RingingContract", "RingingAuth", "CallStore", "RingingService",
-                "DedicatedThreads", "RingingOperations",
+                "DedicatedThreads", "RingingOperations", "RingingTracing",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -107,7 +118,7 @@ let package = Package(
         .executableTarget(
             name: "call-control",
             dependencies: [
-                "CallControl", "RingingOperations",
+                "CallControl", "RingingOperations", "RingingTracing",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -181,11 +192,13 @@ let package = Package(
         .testTarget(
             name: "CallControlTests",
             dependencies: [
-                "CallControl", "TokenService", "CallTokens", "RingingClient", "RingingOperations", "CallRules", "RingingContract",
+                "CallControl", "TokenService", "CallTokens", "RingingClient", "RingingOperations", "RingingTracing", "CallRules",
+                "RingingContract",
                 "RingingAuth",
                 "CallStore",
                 "AMQPClient", "PostgresClient",
                 "TestSupport", .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
         ),

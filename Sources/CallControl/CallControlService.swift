@@ -13,6 +13,7 @@ import RingingAuth
 import RingingContract
 import RingingOperations
 import RingingService
+import RingingTracing
 public import ServiceLifecycle
 import Synchronization
 
@@ -180,7 +181,9 @@ public final class CallControlService: Service, Sendable {
                 jobs.append(
                     (
                         delivery, envelope,
-                        Job(messageID: envelope.messageID, traceparent: envelope.traceparent, request: request, user: user)
+                        Job(
+                            messageID: envelope.messageID, traceparent: RingingTracing.childTraceparent(of: envelope.traceparent),
+                            request: request, user: user)
                     ))
             } catch {
                 refused.append((delivery, envelope, error))

@@ -4,6 +4,7 @@ import CallControl
 import Foundation
 import Logging
 import RingingOperations
+import RingingTracing
 import ServiceLifecycle
 
 LoggingSystem.bootstrap { label in
@@ -14,6 +15,7 @@ LoggingSystem.bootstrap { label in
 }
 let logger = Logger(label: "call-control")
 _ = RingingMetrics.registry  // swift-metrics reports to Prometheus (/metrics) from here on
+_ = RingingTracing.bootstrap  // W3C trace context propagation (swift-distributed-tracing)
 
 do {
     let configuration = try CallControlConfiguration()

@@ -58,9 +58,14 @@ import Testing
             ])
             let reply = try await s.client.send(RequestType.initiate.rawValue, body: body, traceparent: traceparent)
             let call = try Scenario.call(reply)
-            let incoming = try await bob.expect(.incomingCallReceived, call.sessionID)
-            #expect(incoming.traceparent == traceparent)
-            #expect(try await s.expectEvent(.initiated, call.sessionID).traceparent == traceparent)
+            // Same trace, a new span for call-control's handling (the parent span is the request).
+            let incoming = try #require(try await bob.expect(.incomingCallReceived, call.sessionID).traceparent)
+            #expect(incoming.hasPrefix("00-4bf92f3577b34da6a3ce929d0e0e4736-"))
+            #expect(incoming.hasSuffix("-01"))
+            #expect(incoming != traceparent)
+            #expect(
+                try await s.expectEvent(.initiated, call.sessionID).traceparent == incoming,
+                "one span: the event and the notification")
             // A request without one starts no trace.
             let carol = try await s.party("carol")
             let dave = try await s.party("dave")

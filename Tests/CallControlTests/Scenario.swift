@@ -9,6 +9,8 @@ import RingingAuth
 import RingingContract
 import RingingOperations
 import RingingService
+import RingingTracing
+import ServiceLifecycle
 import TestSupport
 import TokenService
 
@@ -59,14 +61,21 @@ struct Scenario: Sendable {
         tokens: Bool = false, httpPort: Int = 0, _ body: @escaping @Sendable (Scenario) async throws -> Void
     ) async throws {
         _ = RingingMetrics.registry
+        _ = RingingTracing.bootstrap
         let service = try await CallControlService(
             configuration: try configuration(httpPort: httpPort), logger: quietLogger("call-control-test"))
         let tokenService: TokenService? =
             tokens ? try await TokenService(configuration: try tokenConfiguration(), logger: quietLogger("token-test")) : nil
         try await withDeadline(.seconds(100), "the scenario") {
+            // The services run in a ServiceGroup, as in production, and stop with a graceful
+            // shutdown: what an instance committed is published before it goes, so that no test
+            // waits for the outbox relay of another test's instance.
+            var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: service)]
+            if let tokenService { services.append(.init(service: tokenService)) }
+            let serviceGroup = ServiceGroup(
+                configuration: ServiceGroupConfiguration(services: services, logger: quietLogger("scenario")))
             try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await service.run() }
-                if let tokenService { group.addTask { try await tokenService.run() } }
+                group.addTask { try await serviceGroup.run() }
                 defer { group.cancelAll() }
                 await service.waitUntilReady()
                 try await RingingTestClient.with { client in
@@ -83,6 +92,8 @@ struct Scenario: Sendable {
                         try await body(Scenario(client: client, auth: auth, events: events))
                     }
                 }
+                await serviceGroup.triggerGracefulShutdown()
+                try await group.waitForAll()
             }
         }
     }
