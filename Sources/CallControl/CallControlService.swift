@@ -66,19 +66,11 @@ public final class CallControlService: Service, Sendable {
                 let server = OperationsServer(host: configuration.httpHost, port: configuration.httpPort, logger: logger) {
                     await self.readiness()
                 }
-                connections.addTask {
-                    do { try await server.run() } catch {
-                        self.logger.error(
-                            "the operations endpoints are down",
-                            metadata: [
-                                "address": "\(server.host):\(server.port)", "error": "\(error)",
-                            ])
-                    }
-                }
+                connections.addTask { await server.runLoggingFailure() }
             }
             defer { connections.cancelAll() }
             try await migrate()
-            try await declareTopology()
+            try await publisher.declareRingingTopology(logger: logger)
             logger.info(
                 "call-control ready",
                 metadata: ["workers": "\(configuration.workers)", "instance": "\(configuration.instanceName)"])
@@ -109,15 +101,7 @@ public final class CallControlService: Service, Sendable {
     /// For /readyz: migrations done and consumers started, both broker connections up, and
     /// the database answering within two seconds.
     func readiness() async -> Readiness {
-        let database = await withTaskGroup(of: Bool.self) { group in
-            group.addTask { (try? await self.pool.query("SELECT 1")) != nil }
-            group.addTask {
-                try? await Task.sleep(for: .seconds(2))
-                return false
-            }
-            defer { group.cancelAll() }
-            return await group.next() ?? false
-        }
+        let database = await pool.answers(within: .seconds(2))
         return Readiness(checks: [
             ("migrations and consumers", isReady), ("broker (publish)", publisher.isConnected),
             ("broker (consume)", consumerConnection.isConnected), ("database", database),
@@ -138,17 +122,6 @@ public final class CallControlService: Service, Sendable {
                 logger.warning(
                     "database not reachable for migrations; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
                 try await Task.sleep(for: delay)
-            }
-        }
-    }
-
-    private func declareTopology() async throws {
-        while true {
-            do {
-                try await publisher.declare(RingingTopology.declaration)
-                return
-            } catch let error as AMQPError where error.code == .timeout || error.code == .connectionLost {
-                logger.warning("broker not reachable to declare the topology; retrying", metadata: ["error": "\(error)"])
             }
         }
     }

@@ -1,6 +1,6 @@
 // The operations surface of a service: /healthz (alive), /readyz (broker and database
 // connected, migrations done) and /metrics (Prometheus text), on a port of its own.
-public import Foundation
+import Foundation
 import Hummingbird
 public import Logging
 import Metrics
@@ -65,5 +65,13 @@ public struct OperationsServer: Service {
         }
         let app = Application(router: router, configuration: .init(address: .hostname(host, port: port)), logger: logger)
         try await app.run()
+    }
+
+    /// Runs the server; a failure (the port is taken) is logged and the service goes on
+    /// without its endpoints rather than stopping.
+    public func runLoggingFailure() async {
+        do { try await run() } catch {
+            logger.error("the operations endpoints are down", metadata: ["address": "\(host):\(port)", "error": "\(error)"])
+        }
     }
 }

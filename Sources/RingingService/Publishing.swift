@@ -3,6 +3,8 @@
 public import AMQPClient
 public import CallStore
 import Foundation
+public import Logging
+public import PostgresClient
 
 extension OutboxMessage {
     /// The AMQP message: persistent JSON, `message_id` = the event id, `traceparent` carried on.
@@ -30,6 +32,35 @@ extension AMQPConnection {
                 }
                 try await group.waitForAll()
             }
+        }
+    }
+}
+
+extension AMQPConnection {
+    /// Declares the Ringing topology, waiting out a broker that is not there yet.
+    public func declareRingingTopology(logger: Logger) async throws {
+        while true {
+            do {
+                try await declare(RingingTopology.declaration)
+                return
+            } catch let error as AMQPError where error.code == .timeout || error.code == .connectionLost {
+                logger.warning("broker not reachable to declare the topology; retrying", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+}
+
+extension PostgresPool {
+    /// Whether the database answers a trivial query within `limit` (for readiness checks).
+    public func answers(within limit: Duration) async -> Bool {
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask { (try? await self.query("SELECT 1")) != nil }
+            group.addTask {
+                try? await Task.sleep(for: limit)
+                return false
+            }
+            defer { group.cancelAll() }
+            return await group.next() ?? false
         }
     }
 }

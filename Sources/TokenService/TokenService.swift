@@ -56,25 +56,10 @@ public final class TokenService: Service, Sendable {
                 let server = OperationsServer(host: configuration.httpHost, port: configuration.httpPort, logger: logger) {
                     await self.readiness()
                 }
-                connections.addTask {
-                    do { try await server.run() } catch {
-                        self.logger.error(
-                            "the operations endpoints are down",
-                            metadata: [
-                                "address": "\(server.host):\(server.port)", "error": "\(error)",
-                            ])
-                    }
-                }
+                connections.addTask { await server.runLoggingFailure() }
             }
             defer { connections.cancelAll() }
-            while true {
-                do {
-                    try await publisher.declare(RingingTopology.declaration)
-                    break
-                } catch let error as AMQPError where error.code == .timeout || error.code == .connectionLost {
-                    logger.warning("broker not reachable to declare the topology; retrying", metadata: ["error": "\(error)"])
-                }
-            }
+            try await publisher.declareRingingTopology(logger: logger)
             try await withThrowingTaskGroup(of: Void.self) { work in
                 var consumers: [AMQPConsumer] = []
                 for index in 0..<configuration.workers {
@@ -98,15 +83,7 @@ public final class TokenService: Service, Sendable {
 
     /// For /readyz: consumers started, both broker connections up, the database answering.
     func readiness() async -> Readiness {
-        let database = await withTaskGroup(of: Bool.self) { group in
-            group.addTask { (try? await self.pool.query("SELECT 1")) != nil }
-            group.addTask {
-                try? await Task.sleep(for: .seconds(2))
-                return false
-            }
-            defer { group.cancelAll() }
-            return await group.next() ?? false
-        }
+        let database = await pool.answers(within: .seconds(2))
         return Readiness(checks: [
             ("consumers", isReady), ("broker (publish)", publisher.isConnected),
             ("broker (consume)", consumerConnection.isConnected),

@@ -219,7 +219,7 @@ import Testing
         let added = Added()
         defer {
             for instance in callControls + tokenServices where instance.isRunning { instance.terminate() }
-            added.instance.withLock { $0?.terminate() }
+            _ = added.instance.withLock { $0?.terminate() }
         }
         for instance in callControls + tokenServices { try await instance.waitUntilReady() }
         let count = 600
