@@ -24,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
         .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.1.0"),
         .package(url: "https://github.com/swift-otel/swift-w3c-trace-context", from: "1.0.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // C libraries, from Debian's -dev packages (see scripts/stack).
@@ -174,6 +175,27 @@ let package = Package(
         .executableTarget(
             name: "AMQPBenchmark",
             dependencies: ["AMQPClient", "CRabbitMQ"],
+            swiftSettings: strict
+        ),
+        // The load generator: seed flows at a rate or flat out, latencies in HDR histograms,
+        // and the floor program that does the same broker and database work without the rules.
+        .target(
+            name: "LoadGenerator",
+            dependencies: [
+                "AMQPClient", "PostgresClient", "CallRules", "RingingContract", "RingingAuth", "RingingService",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "ringing-bench",
+            dependencies: [
+                "LoadGenerator", "RingingAuth", "RingingService",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/RingingBenchMain",
             swiftSettings: strict
         ),
         // Test helpers shared by the integration tests (server addresses, stack restarts).

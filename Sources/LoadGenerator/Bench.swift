@@ -1,0 +1,173 @@
+// The whole benchmark: the floor, then Ringing as fast as it goes, then Ringing at a fixed
+// offered rate for latencies; one report with the floor beside Ringing's figures.
+public import AMQPClient
+import Foundation
+public import Logging
+public import PostgresClient
+import RingingAuth
+import RingingContract
+
+public struct BenchConfiguration: Codable, Sendable {
+    public enum PhaseName: String, Codable, Sendable, CaseIterable {
+        case floor, max, rate
+    }
+
+    /// Measured seconds per phase (after the warm-up).
+    public var durationSeconds: Int = 20
+    public var warmupSeconds: Int = 3
+    /// Offered requests/s of the `rate` phase.
+    public var rate: Double = 1000
+    /// Flows in flight in the `max` and `floor` phases.
+    public var concurrency: Int = 64
+    public var mix: FlowMix = .standard
+    /// `timeout_s` of the unanswered calls.
+    public var ringTimeoutSeconds: Int = 5
+    /// Consumers of the floor program, each handling one request at a time.
+    public var floorWorkers: Int = 16
+    public var phases: [PhaseName] = PhaseName.allCases
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case durationSeconds = "duration_s"
+        case warmupSeconds = "warmup_s"
+        case rate = "rate_requests_per_s"
+        case concurrency, mix
+        case ringTimeoutSeconds = "ring_timeout_s"
+        case floorWorkers = "floor_workers"
+        case phases
+    }
+}
+
+/// Starts and stops the floor program (a process of its own, like the services).
+public protocol FloorProcess: Sendable {
+    func start() async throws
+    func stop() async
+}
+
+public final class Bench: Sendable {
+    let configuration: BenchConfiguration
+    let amqp: AMQPURL
+    let database: PostgresConfiguration
+    let authSecret: String
+    let logger: Logger
+    let progress: @Sendable (String) -> Void
+    let runID: String
+
+    public init(
+        configuration: BenchConfiguration, amqp: AMQPURL, database: PostgresConfiguration, authSecret: String, logger: Logger,
+        progress: @escaping @Sendable (String) -> Void
+    ) {
+        self.configuration = configuration
+        self.amqp = amqp
+        self.database = database
+        self.authSecret = authSecret
+        self.logger = logger
+        self.progress = progress
+        runID = String(UUID().uuidString.prefix(6)).lowercased()
+    }
+
+    public func run(floor: any FloorProcess, command: String) async throws -> BenchReport {
+        let auth = try await AuthTokens(secret: authSecret)
+        try await removeEarlierBenchCalls()
+        var floorResult: PhaseResult?
+        var phases: [PhaseResult] = []
+        if configuration.phases.contains(.floor) {
+            progress("floor: starting the floor program (\(configuration.floorWorkers) workers)")
+            try await floor.start()
+            do {
+                floorResult = try await withBroker(route: Floor.route, prefix: "bench-\(runID)-f") { broker in
+                    try await PhaseRunner.run(
+                        plan(.floor, "floor", .max(concurrency: configuration.concurrency)), driver: FloorFlows(broker: broker),
+                        pairs: PairPool(prefix: "bench-\(runID)-f", auth: auth), progress: progress)
+                }
+            } catch {
+                await floor.stop()
+                throw error
+            }
+            await floor.stop()
+        }
+        let ringingPhases = configuration.phases.filter { $0 != .floor }
+        if !ringingPhases.isEmpty {
+            phases = try await withBroker(route: .ringing, prefix: "bench-\(runID)") { broker in
+                var phases: [PhaseResult] = []
+                try await probe(broker, auth: auth)
+                let driver = RingingFlows(broker: broker, ringTimeout: configuration.ringTimeoutSeconds)
+                for phase in ringingPhases {
+                    let load: PhasePlan.Load =
+                        phase == .max
+                        ? .max(concurrency: configuration.concurrency) : .rate(requestsPerSecond: configuration.rate)
+                    let name = phase == .max ? "ringing-max" : "ringing-\(Int(configuration.rate))"
+                    let pairs = PairPool(prefix: "bench-\(runID)-\(phase.rawValue)", auth: auth)
+                    try await pairs.prefill(configuration.concurrency)
+                    phases.append(
+                        try await PhaseRunner.run(plan(phase, name, load), driver: driver, pairs: pairs, progress: progress))
+                }
+                return phases
+            }
+        }
+        return BenchReport(
+            command: command, machine: MachineInfo.current(), configuration: configuration, floor: floorResult, phases: phases)
+    }
+
+    private func plan(_ phase: BenchConfiguration.PhaseName, _ name: String, _ load: PhasePlan.Load) -> PhasePlan {
+        // The floor draws the same mix; having no ring timer, its unanswered flows are a lone initiate.
+        PhasePlan(
+            name: name, load: load, warmup: .seconds(configuration.warmupSeconds),
+            duration: .seconds(configuration.durationSeconds), mix: configuration.mix)
+    }
+
+    private func withBroker<T: Sendable>(
+        route: BenchRoute, prefix: String, _ body: @Sendable (BenchBroker) async throws -> T
+    ) async throws -> T {
+        let broker = BenchBroker(url: amqp, route: route, userPrefix: prefix, logger: logger)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await broker.run() }
+            defer { group.cancelAll() }
+            do {
+                try await broker.waitUntilReady()
+            } catch {
+                throw BenchError("cannot reach RabbitMQ at \(amqp): \(error). Is the stack running (scripts/up)?")
+            }
+            return try await body(broker)
+        }
+    }
+
+    /// One request to each service before measuring, so that a missing service is one clear
+    /// line rather than a phase full of timeouts.
+    private func probe(_ broker: BenchBroker, auth: AuthTokens) async throws {
+        let token = try await auth.mint(uid: "bench-\(runID)-probe")
+        let checks: [(RequestType, String, String)] = [
+            (.active, #"{"auth_token":"\#(token)"}"#, "call-control"),
+            (.jwks, "{}", "token-service"),
+        ]
+        for (type, body, service) in checks {
+            do {
+                let answer = try await broker.request(routingKey: type.rawValue, body: Data(body.utf8), timeout: .seconds(10))
+                if let error = answer.reply.error {
+                    throw BenchError("\(service) refused the probe \(type.rawValue): \(error.code.rawValue): \(error.message)")
+                }
+            } catch let failure as WaitFailure {
+                throw BenchError(
+                    "\(service) did not answer \(type.rawValue) within 10 s (\(failure.code)). Start the services with scripts/up."
+                )
+            }
+        }
+    }
+
+    /// Calls of earlier bench runs are deleted so that every run starts from the same tables.
+    private func removeEarlierBenchCalls() async throws {
+        let connection: PostgresConnection
+        do { connection = try await PostgresConnection.connect(configuration: database, logger: logger) } catch {
+            throw BenchError("cannot reach PostgreSQL at \(database.redactedURL): \(error). Is the stack running (scripts/up)?")
+        }
+        progress("cleanup: deleting the calls of earlier bench runs (users bench-*)")
+        try await connection.executeScript(
+            """
+            DELETE FROM calls WHERE initiator LIKE 'bench-%';
+            DELETE FROM processed_requests WHERE actor LIKE 'bench-%';
+            """)
+        try? await connection.executeScript("VACUUM ANALYZE calls, call_participants, processed_requests, outbox")
+        await connection.close()
+    }
+}

@@ -1,0 +1,155 @@
+// One measured phase: flows started at a fixed rate (open loop) or kept in flight as fast
+// as the system answers (closed loop), with a warm-up, a progress line every second and a
+// drain at the end.
+import Foundation
+
+public struct PhasePlan: Sendable {
+    public enum Load: Sendable {
+        /// Start flows so that `requestsPerSecond` are offered, whatever the replies do.
+        case rate(requestsPerSecond: Double)
+        /// Keep `concurrency` flows in flight (unanswered calls do not count once rung).
+        case max(concurrency: Int)
+    }
+
+    public var name: String
+    public var load: Load
+    public var warmup: Duration
+    public var duration: Duration
+    public var mix: FlowMix
+
+    public init(name: String, load: Load, warmup: Duration, duration: Duration, mix: FlowMix) {
+        self.name = name
+        self.load = load
+        self.warmup = warmup
+        self.duration = duration
+        self.mix = mix
+    }
+}
+
+/// What one phase measured.
+public struct PhaseFigures: Codable, Sendable {
+    public var windowSeconds: Double
+    public var requests: Int
+    public var requestsPerSecond: Double
+    public var flows: Int
+    public var flowsPerSecond: Double
+    public var flowsByKind: [String: Int]
+    public var flowsFailed: [String: Int]
+    public var latency: [String: LatencySummary]
+    public var requestReplyByType: [String: LatencySummary]
+    public var errors: [String: Int]
+
+    enum CodingKeys: String, CodingKey {
+        case windowSeconds = "window_s"
+        case requests
+        case requestsPerSecond = "requests_per_s"
+        case flows
+        case flowsPerSecond = "flows_per_s"
+        case flowsByKind = "flows_by_kind"
+        case flowsFailed = "flows_failed"
+        case latency
+        case requestReplyByType = "request_reply_by_type"
+        case errors
+    }
+}
+
+public struct PhaseResult: Codable, Sendable {
+    public var name: String
+    /// `rate` or `max`.
+    public var load: String
+    public var offeredRequestsPerSecond: Double?
+    public var concurrency: Int?
+    public var figures: PhaseFigures
+
+    enum CodingKeys: String, CodingKey {
+        case name, load
+        case offeredRequestsPerSecond = "offered_requests_per_s"
+        case concurrency, figures
+    }
+}
+
+enum PhaseRunner {
+    static func run(
+        _ plan: PhasePlan, driver: any FlowDriver, pairs: PairPool, progress: @escaping @Sendable (String) -> Void
+    ) async throws -> PhaseResult {
+        let recorder = Recorder()
+        let picker = FlowPicker(plan.mix)
+        let start = ContinuousClock.now
+        let measureFrom = start + plan.warmup
+        let end = measureFrom + plan.duration
+        recorder.setWindow(start: measureFrom, end: end)
+        let reporter = Task {
+            var last = (requests: 0, flows: 0)
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                let now = recorder.progress
+                let elapsed = (ContinuousClock.now - start).seconds
+                let stage = ContinuousClock.now < measureFrom ? "warm-up" : ContinuousClock.now < end ? "measuring" : "draining"
+                progress(
+                    "\(plan.name): \(String(format: "%5.1f", elapsed)) s \(stage)  requests \(now.requests) (\(now.requests - last.requests)/s)  "
+                        + "flows \(now.flows) (\(now.flows - last.flows)/s)  in flight \(now.inFlight)  errors \(now.errors)")
+                last = (now.requests, now.flows)
+            }
+        }
+        defer { reporter.cancel() }
+
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            switch plan.load {
+            case .rate(let requestsPerSecond):
+                let flowsPerSecond = requestsPerSecond / plan.mix.requestsPerFlow
+                var started = 0
+                while ContinuousClock.now < end {
+                    let due = Int((ContinuousClock.now - start).seconds * flowsPerSecond)
+                    while started < due {
+                        let kind = picker.next()
+                        let pair = try await pairs.take()
+                        recorder.flowStarted()
+                        group.addTask {
+                            let ok = await driver.run(kind, pair, recorder: recorder, release: {})
+                            recorder.flowFinished(kind, succeeded: ok)
+                            pairs.give(pair, reusable: ok)
+                        }
+                        started += 1
+                    }
+                    try await Task.sleep(for: .milliseconds(1))
+                }
+            case .max(let concurrency):
+                for _ in 0..<concurrency {
+                    group.addTask {
+                        try await withThrowingTaskGroup(of: Void.self) { flows in
+                            while ContinuousClock.now < end {
+                                let kind = picker.next()
+                                let pair = try await pairs.take()
+                                let released = Slot<Void>()
+                                recorder.flowStarted()
+                                flows.addTask {
+                                    let ok = await driver.run(
+                                        kind, pair, recorder: recorder, release: { released.complete(.success(())) })
+                                    recorder.flowFinished(kind, succeeded: ok)
+                                    pairs.give(pair, reusable: ok)
+                                }
+                                try await released.value()
+                            }
+                            try await flows.waitForAll()
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let figures = recorder.summary(seconds: plan.duration.seconds)
+        switch plan.load {
+        case .rate(let offered):
+            return PhaseResult(name: plan.name, load: "rate", offeredRequestsPerSecond: offered, figures: figures)
+        case .max(let concurrency):
+            return PhaseResult(name: plan.name, load: "max", concurrency: concurrency, figures: figures)
+        }
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}

@@ -1,0 +1,193 @@
+// ringing-bench: drives the seed flows against the running services and reports throughput
+// and latencies beside the floor of this machine (see BENCHMARKS.md).
+import ArgumentParser
+import Foundation
+import LoadGenerator
+import Logging
+import RingingAuth
+import RingingService
+
+@main
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ringing-bench",
+        abstract: "Load-test Ringing and compare it with the floor of this machine.",
+        discussion: """
+            Runs three phases against the broker and database of RINGING_AMQP_URL and RINGING_DATABASE_URL: \
+            the floor (a minimal program doing the same broker and database work with no ringing logic), \
+            Ringing as fast as it answers, and Ringing at a fixed offered rate. Needs call-control and \
+            token-service running (scripts/up) with the same RINGING_AUTH_SECRET.
+            """,
+        subcommands: [Run.self, FloorWorkerCommand.self],
+        defaultSubcommand: Run.self)
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the benchmark and print the report (the default).")
+
+    @Option(help: "Measured seconds per phase, after the warm-up.")
+    var duration = 20
+
+    @Option(help: "Seconds of warm-up per phase, not measured.")
+    var warmup = 3
+
+    @Option(help: "Requests/s offered in the rate phase.")
+    var rate = 1000.0
+
+    @Option(help: "Flows in flight in the floor and max phases.")
+    var concurrency = 64
+
+    @Option(help: "Flow mix as kind=weight: answered (initiate, accept, two tokens, end), rejected, cancelled, unanswered.")
+    var mix = FlowMix.standard.description
+
+    @Option(name: .customLong("ring-timeout"), help: "timeout_s of the unanswered calls (5…300).")
+    var ringTimeout = 5
+
+    @Option(name: .customLong("floor-workers"), help: "Consumers of the floor program, one request at a time each.")
+    var floorWorkers = 16
+
+    @Option(help: "Phases to run, comma-separated: floor, max, rate.")
+    var phases = "floor,max,rate"
+
+    @Option(help: "Also write the report as JSON to this file.")
+    var json: String?
+
+    @Flag(help: "No progress lines on stderr.")
+    var quiet = false
+
+    func validate() throws {
+        guard duration >= 1 else { throw ValidationError("--duration must be at least 1 second, not \(duration)") }
+        guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
+        guard rate > 0 else { throw ValidationError("--rate must be above 0 requests/s, not \(rate)") }
+        guard (1...10_000).contains(concurrency) else { throw ValidationError("--concurrency must be from 1 to 10000") }
+        guard (5...300).contains(ringTimeout) else { throw ValidationError("--ring-timeout must be from 5 to 300 seconds") }
+        guard (1...200).contains(floorWorkers) else { throw ValidationError("--floor-workers must be from 1 to 200") }
+        _ = try parsedPhases()
+        do { _ = try FlowMix(parsing: mix) } catch { throw ValidationError("\(error)") }
+    }
+
+    private func parsedPhases() throws -> [BenchConfiguration.PhaseName] {
+        try phases.split(separator: ",").map { name in
+            guard let phase = BenchConfiguration.PhaseName(rawValue: name.trimmingCharacters(in: .whitespaces)) else {
+                throw ValidationError("--phases: '\(name)' is not one of floor, max, rate")
+            }
+            return phase
+        }
+    }
+
+    func run() async throws {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel =
+                ProcessInfo.processInfo.environment["RINGING_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
+            return handler
+        }
+        let logger = Logger(label: "ringing-bench")
+        var configuration = BenchConfiguration()
+        configuration.durationSeconds = duration
+        configuration.warmupSeconds = warmup
+        configuration.rate = rate
+        configuration.concurrency = concurrency
+        configuration.mix = try FlowMix(parsing: mix)
+        configuration.ringTimeoutSeconds = ringTimeout
+        configuration.floorWorkers = floorWorkers
+        configuration.phases = try parsedPhases()
+        let environment = Environment()
+        let quiet = self.quiet
+        do {
+            let bench = Bench(
+                configuration: configuration, amqp: try environment.amqpURL(), database: try environment.database(),
+                authSecret: environment.string("RINGING_AUTH_SECRET", default: AuthTokens.developmentSecret), logger: logger,
+                progress: { line in if !quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } })
+            let report = try await bench.run(
+                floor: FloorChild(workers: floorWorkers), command: CommandLine.arguments.joined(separator: " "))
+            print(report.text)
+            if let json {
+                let url = URL(fileURLWithPath: json)
+                try? FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+                try report.json.write(to: url)
+                FileHandle.standardError.write(Data("report written to \(json)\n".utf8))
+            }
+        } catch {
+            FileHandle.standardError.write(Data("ringing-bench: \(error)\n".utf8))
+            throw ExitCode.failure
+        }
+    }
+}
+
+/// Internal: the floor program, started by `run` as a process of its own.
+struct FloorWorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "floor-worker", abstract: "The floor program (started by run; prints 'floor ready').",
+        shouldDisplay: false)
+
+    @Option var workers = 16
+
+    func run() async throws {
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: "ringing-bench.floor")
+        logger.logLevel = .warning
+        let environment = Environment()
+        let worker = FloorWorker(
+            amqp: try environment.amqpURL(), database: try environment.database(), workers: workers, logger: logger)
+        try await worker.run {
+            FileHandle.standardOutput.write(Data("floor ready\n".utf8))
+        }
+    }
+}
+
+/// The floor program as a child process of this executable.
+final class FloorChild: FloorProcess, @unchecked Sendable {
+    let workers: Int
+    private let process = Process()
+    private let lock = NSLock()
+    private var exited: CheckedContinuation<Void, Never>?
+    private var hasExited = false
+
+    init(workers: Int) {
+        self.workers = workers
+    }
+
+    func start() async throws {
+        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        process.arguments = ["floor-worker", "--workers", "\(workers)"]
+        let output = Pipe()
+        process.standardOutput = output
+        process.terminationHandler = { [self] _ in
+            let waiter = lock.withLock { () -> CheckedContinuation<Void, Never>? in
+                hasExited = true
+                defer { exited = nil }
+                return exited
+            }
+            waiter?.resume()
+        }
+        try process.run()
+        // Its one line of stdout says it is ready; read on a thread of its own (a blocking read).
+        let ready: Bool = await withCheckedContinuation { continuation in
+            Thread {
+                var seen = ""
+                while true {
+                    let data = output.fileHandleForReading.availableData
+                    if data.isEmpty { break }
+                    seen += String(decoding: data, as: UTF8.self)
+                    if seen.contains("floor ready") { break }
+                }
+                continuation.resume(returning: seen.contains("floor ready"))
+            }.start()
+        }
+        guard ready else { throw BenchError("the floor program exited before it was ready (its errors are above)") }
+    }
+
+    func stop() async {
+        guard process.isRunning else { return }
+        process.terminate()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = lock.withLock { () -> Bool in
+                if hasExited { return true }
+                exited = continuation
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+}
