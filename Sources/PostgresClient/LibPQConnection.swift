@@ -8,6 +8,16 @@ final class LibPQConnection {
     private var handle: OpaquePointer?
     let configuration: PostgresConfiguration
     private(set) var isBroken = false
+    /// Names of the statements prepared on this connection, by SQL text and parameter types.
+    private var prepared: [PreparedKey: String] = [:]
+    private var preparedCount = 0
+    /// Beyond this many distinct statements, the rest run unnamed (parsed every time).
+    static let preparedLimit = 512
+
+    private struct PreparedKey: Hashable {
+        var sql: String
+        var types: [Oid]
+    }
 
     /// Connects; waits at most `connectTimeout` (libpq's `connect_timeout`).
     init(configuration: PostgresConfiguration) throws(PostgresError) {
@@ -59,16 +69,49 @@ final class LibPQConnection {
         var values: [UnsafeMutablePointer<CChar>?] = query.binds.map { $0.text.map { strdup($0) } ?? nil }
         defer { for value in values { free(value) } }
         let types = query.binds.map { Oid($0.type.oid) }
+        let name = try preparedName(query.sql, types)
         let sent = values.withUnsafeMutableBufferPointer { values in
             values.withMemoryRebound(to: UnsafePointer<CChar>?.self) { values in
-                PQsendQueryParams(connection, query.sql, Int32(types.count), types, values.baseAddress, nil, nil, 0)
+                if let name {
+                    PQsendQueryPrepared(connection, name, Int32(types.count), values.baseAddress, nil, nil, 0)
+                } else {
+                    PQsendQueryParams(connection, query.sql, Int32(types.count), types, values.baseAddress, nil, nil, 0)
+                }
             }
         }
         guard sent == 1 else { throw connectionError("sending the query failed") }
-        return try collectResults()
+        do {
+            return try collectResults()
+        } catch {
+            // A plan invalidated by a schema change ("cached plan must not change result
+            // type"): prepare it afresh next time.
+            if let name, error.sqlState == .featureNotSupported {
+                prepared = prepared.filter { $0.value != name }
+                _ = PQsendQuery(connection, "DEALLOCATE \(name)")
+                _ = try? collectResults()
+            }
+            throw error
+        }
     }
 
-    /// Runs SQL text without parameters, possibly several statements (migrations).
+    /// The name of `sql` prepared on this connection (preparing it the first time), or nil
+    /// when it runs unnamed.
+    private func preparedName(_ sql: String, _ types: [Oid]) throws(PostgresError) -> String? {
+        guard configuration.preparesStatements else { return nil }
+        let key = PreparedKey(sql: sql, types: types)
+        if let name = prepared[key] { return name }
+        guard prepared.count < Self.preparedLimit else { return nil }
+        let connection = try liveHandle()
+        preparedCount += 1
+        let name = "ringing_\(preparedCount)"
+        guard PQsendPrepare(connection, name, sql, Int32(types.count), types) == 1 else {
+            throw connectionError("preparing the query failed")
+        }
+        _ = try collectResults()
+        prepared[key] = name
+        return name
+    }
+
     func executeScript(_ sql: String) throws(PostgresError) {
         let connection = try liveHandle()
         guard PQsendQuery(connection, sql) == 1 else { throw connectionError("sending the script failed") }

@@ -16,6 +16,10 @@ public struct PostgresConfiguration: Sendable {
     /// the connection (a peer that went silent).
     public var statementTimeout: Duration = .seconds(30)
     public var clientGrace: Duration = .seconds(5)
+    /// Whether each connection prepares the statements it runs and executes them by name
+    /// afterwards (parsed and planned once). Turn off with `?prepared_statements=false` behind
+    /// a pooler that cannot keep named statements (PgBouncer in transaction mode before 1.21).
+    public var preparesStatements = true
 
     public init() {}
 
@@ -51,6 +55,12 @@ public struct PostgresConfiguration: Sendable {
                     throw PostgresError(.invalidURL, "query parameter 'connect_timeout' must be a positive number of seconds")
                 }
                 connectTimeout = .seconds(seconds)
+            case "prepared_statements":
+                guard let flag = Bool(value) else {
+                    throw PostgresError(
+                        .invalidURL, "query parameter 'prepared_statements' must be true or false, not '\(value)'")
+                }
+                preparesStatements = flag
             default: parameters[item.name] = value
             }
         }

@@ -21,6 +21,7 @@ public struct SQLState: Hashable, Sendable, CustomStringConvertible {
     public static let undefinedTable = SQLState("42P01")
     public static let duplicateDatabase = SQLState("42P04")
     public static let invalidTextRepresentation = SQLState("22P02")
+    public static let featureNotSupported = SQLState("0A000")
 
     /// Class 08 (connection exception) and the shutdown codes: the connection is gone.
     public var isConnectionFailure: Bool {

@@ -46,6 +46,42 @@ import Testing
         await pool.close()
     }
 
+    @Test func statementsArePreparedOnceAndRunByName() async throws {
+        let connection = try await PostgresConnection.connect(configuration: configuration)
+        for n in 1...5 {
+            #expect(try await connection.query("SELECT \(n) + 1 AS sum")[0].decode(Int.self, at: 0) == n + 1)
+        }
+        let names = try await connection.query("SELECT name FROM pg_prepared_statements WHERE statement = 'SELECT $1 + 1 AS sum'")
+        #expect(names.count == 1)
+        #expect(try names.first?.decode(String.self, at: 0).hasPrefix("ringing_") == true)
+
+        var unprepared = configuration
+        unprepared.preparesStatements = false
+        let plain = try await PostgresConnection.connect(configuration: unprepared)
+        #expect(try await plain.query("SELECT \(2) + 1 AS sum")[0].decode(Int.self, at: 0) == 3)
+        #expect(try await plain.query("SELECT count(*)::int8 FROM pg_prepared_statements")[0].decode(Int.self, at: 0) == 0)
+        await plain.close()
+        await connection.close()
+    }
+
+    @Test func aStatementInvalidatedByASchemaChangeIsPreparedAfresh() async throws {
+        let pool = PostgresPool(configuration: configuration, size: 1)
+        try await withTable(pool) { table in
+            try await pool.query("INSERT INTO \(identifier: table) VALUES (1, 'a')")
+            #expect(try await pool.query("SELECT * FROM \(identifier: table) WHERE id = \(1)").columns.count == 2)
+            try await pool.query("ALTER TABLE \(identifier: table) ADD COLUMN extra text")
+            // PostgreSQL refuses the old plan once ("cached plan must not change result type") ...
+            do {
+                _ = try await pool.query("SELECT * FROM \(identifier: table) WHERE id = \(1)")
+            } catch let error as PostgresError {
+                #expect(error.sqlState == .featureNotSupported, "\(error)")
+            }
+            // ... and the next run prepares it again and sees the new column.
+            #expect(try await pool.query("SELECT * FROM \(identifier: table) WHERE id = \(1)").columns.count == 3)
+        }
+        await pool.close()
+    }
+
     @Test func transactionsCommitAndRollBack() async throws {
         let pool = PostgresPool(configuration: configuration, size: 2)
         try await withTable(pool) { table in

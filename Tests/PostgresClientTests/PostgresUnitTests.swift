@@ -21,10 +21,19 @@ import Testing
         #expect(!c.libpqParameters.contains { $0.0 == "sslmode" && $0.1 == "prefer" })
     }
 
+    @Test func preparedStatementsAreOnUnlessTurnedOff() throws {
+        #expect(try PostgresConfiguration(url: "postgres://h/db").preparesStatements)
+        let off = try PostgresConfiguration(url: "postgres://h/db?prepared_statements=false")
+        #expect(!off.preparesStatements)
+        // Ours, not a libpq parameter.
+        #expect(!off.libpqParameters.contains { $0.0 == "prepared_statements" })
+    }
+
     @Test(arguments: [
         ("mysql://x", "scheme 'mysql'"),
         ("postgres://h:0/db", "port 0"),
         ("postgres://h/db?connect_timeout=x", "'connect_timeout'"),
+        ("postgres://h/db?prepared_statements=maybe", "'prepared_statements'"),
         ("not a url at all", "not a URL"),
     ])
     func rejectsBadURLsNamingThePart(input: String, expected: String) {
