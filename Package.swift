@@ -214,7 +214,7 @@ let package = Package(
         .testTarget(
             name: "CallControlTests",
             dependencies: [
-                "CallControl", "TokenService", "CallTokens", "RingingClient", "RingingOperations", "RingingTracing", "CallRules",
+                "CallControl", "TokenService", "CallTokens", "RingingClient", "LoadGenerator", "RingingOperations", "RingingTracing", "CallRules",
                 "RingingContract",
                 "RingingAuth",
                 "CallStore",
@@ -224,6 +224,7 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .testTarget(name: "LoadGeneratorTests", dependencies: ["LoadGenerator"], swiftSettings: strict),
         .testTarget(
             name: "PostgresClientTests",
             dependencies: ["PostgresClient", "TestSupport"],

@@ -15,8 +15,8 @@ public struct BenchConfiguration: Codable, Sendable {
     /// Measured seconds per phase (after the warm-up).
     public var durationSeconds: Int = 20
     public var warmupSeconds: Int = 3
-    /// Offered requests/s of the `rate` phase.
-    public var rate: Double = 1000
+    /// Offered requests/s of the `rate` phases, one phase per rate.
+    public var rates: [Double] = [500, 1000]
     /// Flows in flight in the `max` and `floor` phases.
     public var concurrency: Int = 64
     public var mix: FlowMix = .standard
@@ -31,7 +31,7 @@ public struct BenchConfiguration: Codable, Sendable {
     enum CodingKeys: String, CodingKey {
         case durationSeconds = "duration_s"
         case warmupSeconds = "warmup_s"
-        case rate = "rate_requests_per_s"
+        case rates = "rates_requests_per_s"
         case concurrency, mix
         case ringTimeoutSeconds = "ring_timeout_s"
         case floorWorkers = "floor_workers"
@@ -93,12 +93,13 @@ public final class Bench: Sendable {
                 var phases: [PhaseResult] = []
                 try await probe(broker, auth: auth)
                 let driver = RingingFlows(broker: broker, ringTimeout: configuration.ringTimeoutSeconds)
-                for phase in ringingPhases {
-                    let load: PhasePlan.Load =
-                        phase == .max
-                        ? .max(concurrency: configuration.concurrency) : .rate(requestsPerSecond: configuration.rate)
-                    let name = phase == .max ? "ringing-max" : "ringing-\(Int(configuration.rate))"
-                    let pairs = PairPool(prefix: "bench-\(runID)-\(phase.rawValue)", auth: auth)
+                let runs: [(BenchConfiguration.PhaseName, PhasePlan.Load, String)] = ringingPhases.flatMap { phase in
+                    phase == .max
+                        ? [(phase, PhasePlan.Load.max(concurrency: configuration.concurrency), "ringing-max")]
+                        : configuration.rates.map { (phase, PhasePlan.Load.rate(requestsPerSecond: $0), "ringing-\(Int($0))") }
+                }
+                for (phase, load, name) in runs {
+                    let pairs = PairPool(prefix: "bench-\(runID)-\(phases.count)", auth: auth)
                     try await pairs.prefill(configuration.concurrency)
                     phases.append(
                         try await PhaseRunner.run(plan(phase, name, load), driver: driver, pairs: pairs, progress: progress))

@@ -35,6 +35,10 @@ public struct LatencySummary: Codable, Sendable {
         case mean = "mean_ms"
     }
 
+    init(count: UInt64, p50: Double, p90: Double, p99: Double, p999: Double, max: Double, mean: Double) {
+        (self.count, self.p50, self.p90, self.p99, self.p999, self.max, self.mean) = (count, p50, p90, p99, p999, max, mean)
+    }
+
     init(_ histogram: Histogram<UInt64>) {
         func ms(_ microseconds: UInt64) -> Double { (Double(microseconds) / 1000 * 100).rounded() / 100 }
         count = histogram.totalCount

@@ -31,8 +31,8 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Seconds of warm-up per phase, not measured.")
     var warmup = 3
 
-    @Option(help: "Requests/s offered in the rate phase.")
-    var rate = 1000.0
+    @Option(help: "Requests/s offered in the rate phases, comma-separated: one phase per rate.")
+    var rates = "500,1000"
 
     @Option(help: "Flows in flight in the floor and max phases.")
     var concurrency = 64
@@ -58,12 +58,21 @@ struct Run: AsyncParsableCommand {
     func validate() throws {
         guard duration >= 1 else { throw ValidationError("--duration must be at least 1 second, not \(duration)") }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
-        guard rate > 0 else { throw ValidationError("--rate must be above 0 requests/s, not \(rate)") }
+        _ = try parsedRates()
         guard (1...10_000).contains(concurrency) else { throw ValidationError("--concurrency must be from 1 to 10000") }
         guard (5...300).contains(ringTimeout) else { throw ValidationError("--ring-timeout must be from 5 to 300 seconds") }
         guard (1...200).contains(floorWorkers) else { throw ValidationError("--floor-workers must be from 1 to 200") }
         _ = try parsedPhases()
         do { _ = try FlowMix(parsing: mix) } catch { throw ValidationError("\(error)") }
+    }
+
+    private func parsedRates() throws -> [Double] {
+        try rates.split(separator: ",").map { text in
+            guard let rate = Double(text.trimmingCharacters(in: .whitespaces)), rate > 0 else {
+                throw ValidationError("--rates: '\(text)' is not a number of requests/s above 0")
+            }
+            return rate
+        }
     }
 
     private func parsedPhases() throws -> [BenchConfiguration.PhaseName] {
@@ -86,7 +95,7 @@ struct Run: AsyncParsableCommand {
         var configuration = BenchConfiguration()
         configuration.durationSeconds = duration
         configuration.warmupSeconds = warmup
-        configuration.rate = rate
+        configuration.rates = try parsedRates()
         configuration.concurrency = concurrency
         configuration.mix = try FlowMix(parsing: mix)
         configuration.ringTimeoutSeconds = ringTimeout
