@@ -25,6 +25,8 @@ public struct BenchConfiguration: Codable, Sendable {
     /// Consumers of the floor program, each handling one request at a time.
     public var floorWorkers: Int = 16
     public var phases: [PhaseName] = PhaseName.allCases
+    /// Idle seconds between phases.
+    public var settleSeconds: Int = 10
 
     public init() {}
 
@@ -88,6 +90,7 @@ public final class Bench: Sendable {
             await floor.stop()
         }
         let ringingPhases = configuration.phases.filter { $0 != .floor }
+        let floorRan = floorResult != nil
         if !ringingPhases.isEmpty {
             phases = try await withBroker(route: .ringing, prefix: "bench-\(runID)") { broker in
                 var phases: [PhaseResult] = []
@@ -99,6 +102,7 @@ public final class Bench: Sendable {
                         : configuration.rates.map { (phase, PhasePlan.Load.rate(requestsPerSecond: $0), "ringing-\(Int($0))") }
                 }
                 for (phase, load, name) in runs {
+                    if !phases.isEmpty || floorRan { try await settle() }
                     let pairs = PairPool(prefix: "bench-\(runID)-\(phases.count)", auth: auth)
                     try await pairs.prefill(configuration.concurrency)
                     phases.append(
@@ -109,6 +113,14 @@ public final class Bench: Sendable {
         }
         return BenchReport(
             command: command, machine: MachineInfo.current(), configuration: configuration, floor: floorResult, phases: phases)
+    }
+
+    /// A pause between phases, so that what one phase set off (autovacuum after its updates,
+    /// a checkpoint) does not land in the next one's measurements.
+    private func settle() async throws {
+        guard configuration.settleSeconds > 0 else { return }
+        progress("settling for \(configuration.settleSeconds) s before the next phase")
+        try await Task.sleep(for: .seconds(configuration.settleSeconds))
     }
 
     private func plan(_ phase: BenchConfiguration.PhaseName, _ name: String, _ load: PhasePlan.Load) -> PhasePlan {

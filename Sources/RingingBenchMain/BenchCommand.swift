@@ -46,6 +46,9 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("floor-workers"), help: "Consumers of the floor program, one request at a time each.")
     var floorWorkers = 16
 
+    @Option(help: "Idle seconds between phases, so that one phase's aftermath stays out of the next.")
+    var settle = 10
+
     @Option(help: "Phases to run, comma-separated: floor, max, rate.")
     var phases = "floor,max,rate"
 
@@ -58,6 +61,7 @@ struct Run: AsyncParsableCommand {
     func validate() throws {
         guard duration >= 1 else { throw ValidationError("--duration must be at least 1 second, not \(duration)") }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
+        guard settle >= 0 else { throw ValidationError("--settle must not be negative") }
         _ = try parsedRates()
         guard (1...10_000).contains(concurrency) else { throw ValidationError("--concurrency must be from 1 to 10000") }
         guard (5...300).contains(ringTimeout) else { throw ValidationError("--ring-timeout must be from 5 to 300 seconds") }
@@ -101,6 +105,7 @@ struct Run: AsyncParsableCommand {
         configuration.ringTimeoutSeconds = ringTimeout
         configuration.floorWorkers = floorWorkers
         configuration.phases = try parsedPhases()
+        configuration.settleSeconds = settle
         let environment = Environment()
         let quiet = self.quiet
         do {

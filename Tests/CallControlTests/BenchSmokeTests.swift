@@ -41,6 +41,7 @@ import Testing
             configuration.concurrency = 4
             configuration.rates = [40]
             configuration.floorWorkers = 2
+            configuration.settleSeconds = 0
             let bench = Bench(
                 configuration: configuration, amqp: try AMQPURL(TestEnvironment.amqpURL),
                 database: try PostgresConfiguration(url: TestEnvironment.databaseURL), authSecret: AuthTokens.developmentSecret,
