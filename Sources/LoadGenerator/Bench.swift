@@ -38,6 +38,7 @@ public struct BenchConfiguration: Codable, Sendable {
         case ringTimeoutSeconds = "ring_timeout_s"
         case floorWorkers = "floor_workers"
         case phases
+        case settleSeconds = "settle_s"
     }
 }
 
