@@ -38,6 +38,8 @@ public struct PhaseFigures: Codable, Sendable {
     public var latency: [String: LatencySummary]
     public var requestReplyByType: [String: LatencySummary]
     public var errors: [String: Int]
+    /// CPU of the co-located processes during the window (Linux; empty elsewhere).
+    public var cpu: [String: CPUUsage] = [:]
 
     enum CodingKeys: String, CodingKey {
         case windowSeconds = "window_s"
@@ -92,6 +94,12 @@ enum PhaseRunner {
             }
         }
         defer { reporter.cancel() }
+        let cpu = Task {
+            try? await Task.sleep(until: measureFrom)
+            let start = CPUSampler.snapshot()
+            try? await Task.sleep(until: end)
+            return (start, CPUSampler.snapshot())
+        }
 
         try await withThrowingTaskGroup(of: Void.self) { group in
             switch plan.load {
@@ -137,7 +145,10 @@ enum PhaseRunner {
             }
             try await group.waitForAll()
         }
-        let figures = recorder.summary(seconds: plan.duration.seconds)
+        var figures = recorder.summary(seconds: plan.duration.seconds)
+        let (cpuStart, cpuEnd) = await cpu.value
+        figures.cpu = CPUSampler.usage(
+            from: cpuStart, to: cpuEnd, seconds: plan.duration.seconds, requests: figures.requests)
         switch plan.load {
         case .rate(let offered):
             return PhaseResult(name: plan.name, load: "rate", offeredRequestsPerSecond: offered, figures: figures)

@@ -182,6 +182,17 @@ public struct BenchReport: Codable, Sendable {
                         + lpad(number(summary.max), 9))
             }
         }
+        if all.contains(where: { !$0.figures.cpu.isEmpty }) {
+            lines.append("")
+            lines.append("CPU in the window, share of all cores and milliseconds per request:")
+            for phase in all where !phase.figures.cpu.isEmpty {
+                let parts = phase.figures.cpu.sorted { $0.value.shareOfMachine > $1.value.shareOfMachine }.map {
+                    "\($0.key) "
+                        + String(format: "%.0f%% (%.2f ms)", $0.value.shareOfMachine * 100, $0.value.millisecondsPerRequest)
+                }
+                lines.append("  " + pad(phase.name, 14) + parts.joined(separator: ", "))
+            }
+        }
         if !targets.isEmpty {
             lines.append("")
             lines.append("targets:")

@@ -60,6 +60,10 @@ import Testing
                     #expect((phase.figures.latency[measure]?.count ?? 0) > 0, "\(phase.name) has no \(measure)")
                 }
                 #expect(phase.figures.requestReplyByType["token.generate"] != nil)
+                // The broker and the database are processes of their own here: their CPU is measured.
+                for server in ["postgresql", "rabbitmq"] {
+                    #expect((phase.figures.cpu[server]?.millisecondsPerRequest ?? 0) > 0, "\(phase.name): no CPU for \(server)")
+                }
             }
             // 40 req/s for 2 s is 20 flows, two of them unanswered: their deadline is measured.
             let rated = report.phases[1]

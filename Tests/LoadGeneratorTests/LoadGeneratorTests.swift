@@ -88,6 +88,20 @@ import Testing
     }
 }
 
+@Suite struct CPUSamplerTests {
+    @Test func sharesAndMillisecondsPerRequest() {
+        let usage = CPUSampler.usage(
+            from: ["postgresql": 10, "rabbitmq": 5], to: ["postgresql": 13, "rabbitmq": 6, "call-control": 2], seconds: 10,
+            requests: 1000)
+        let cores = Double(ProcessInfo.processInfo.activeProcessorCount)
+        #expect(usage["postgresql"]?.millisecondsPerRequest == 3)
+        #expect(usage["rabbitmq"]?.millisecondsPerRequest == 1)
+        // Started during the window: counted from zero.
+        #expect(usage["call-control"]?.millisecondsPerRequest == 2)
+        #expect(abs((usage["postgresql"]?.shareOfMachine ?? 0) - (0.3 / cores)) < 0.001)
+    }
+}
+
 @Suite struct ReportTests {
     private func phase(
         _ name: String, _ load: String, rps: Double, offered: Double? = nil, ring: (Double, Double)? = nil,
