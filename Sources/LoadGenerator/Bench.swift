@@ -173,7 +173,9 @@ public final class Bench: Sendable {
     private func removeEarlierBenchCalls() async throws {
         let connection: PostgresConnection
         do { connection = try await PostgresConnection.connect(configuration: database, logger: logger) } catch {
-            throw BenchError("cannot reach PostgreSQL at \(database.redactedURL): \(error). Is the stack running (scripts/up)?")
+            let reason = "\(error)".split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+                .joined(separator: " ")
+            throw BenchError("cannot reach PostgreSQL at \(database.redactedURL) (\(reason)); is the stack running (scripts/up)?")
         }
         progress("cleanup: deleting the calls of earlier bench runs (users bench-*)")
         try await connection.executeScript(
