@@ -69,7 +69,8 @@ final class LibPQConnection {
         var values: [UnsafeMutablePointer<CChar>?] = query.binds.map { $0.text.map { strdup($0) } ?? nil }
         defer { for value in values { free(value) } }
         let types = query.binds.map { Oid($0.type.oid) }
-        let name = try preparedName(query.sql, types)
+        let key = PreparedKey(sql: query.sql, types: types)
+        let name = try preparedName(key)
         let sent = values.withUnsafeMutableBufferPointer { values in
             values.withMemoryRebound(to: UnsafePointer<CChar>?.self) { values in
                 if let name {
@@ -86,7 +87,7 @@ final class LibPQConnection {
             // A plan invalidated by a schema change ("cached plan must not change result
             // type"): prepare it afresh next time.
             if let name, error.sqlState == .featureNotSupported {
-                prepared = prepared.filter { $0.value != name }
+                prepared[key] = nil
                 _ = PQsendQuery(connection, "DEALLOCATE \(name)")
                 _ = try? collectResults()
             }
@@ -94,17 +95,16 @@ final class LibPQConnection {
         }
     }
 
-    /// The name of `sql` prepared on this connection (preparing it the first time), or nil
+    /// The name of the statement prepared on this connection (preparing it the first time), or nil
     /// when it runs unnamed.
-    private func preparedName(_ sql: String, _ types: [Oid]) throws(PostgresError) -> String? {
+    private func preparedName(_ key: PreparedKey) throws(PostgresError) -> String? {
         guard configuration.preparesStatements else { return nil }
-        let key = PreparedKey(sql: sql, types: types)
         if let name = prepared[key] { return name }
         guard prepared.count < Self.preparedLimit else { return nil }
         let connection = try liveHandle()
         preparedCount += 1
         let name = "ringing_\(preparedCount)"
-        guard PQsendPrepare(connection, name, sql, Int32(types.count), types) == 1 else {
+        guard PQsendPrepare(connection, name, key.sql, Int32(key.types.count), key.types) == 1 else {
             throw connectionError("preparing the query failed")
         }
         _ = try collectResults()
@@ -112,6 +112,7 @@ final class LibPQConnection {
         return name
     }
 
+    /// Runs SQL text without parameters, possibly several statements (migrations).
     func executeScript(_ sql: String) throws(PostgresError) {
         let connection = try liveHandle()
         guard PQsendQuery(connection, sql) == 1 else { throw connectionError("sending the script failed") }
