@@ -81,7 +81,7 @@ public final class Bench: Sendable {
             do {
                 floorResult = try await withBroker(route: Floor.route, prefix: "bench-\(runID)-f") { broker in
                     try await PhaseRunner.run(
-                        plan(.floor, "floor", .max(concurrency: configuration.concurrency)), driver: FloorFlows(broker: broker),
+                        plan("floor", .max(concurrency: configuration.concurrency)), driver: FloorFlows(broker: broker),
                         pairs: PairPool(prefix: "bench-\(runID)-f", auth: auth), progress: progress)
                 }
             } catch {
@@ -97,17 +97,17 @@ public final class Bench: Sendable {
                 var phases: [PhaseResult] = []
                 try await probe(broker, auth: auth)
                 let driver = RingingFlows(broker: broker, ringTimeout: configuration.ringTimeoutSeconds)
-                let runs: [(BenchConfiguration.PhaseName, PhasePlan.Load, String)] = ringingPhases.flatMap { phase in
+                let runs: [(PhasePlan.Load, String)] = ringingPhases.flatMap { phase in
                     phase == .max
-                        ? [(phase, PhasePlan.Load.max(concurrency: configuration.concurrency), "ringing-max")]
-                        : configuration.rates.map { (phase, PhasePlan.Load.rate(requestsPerSecond: $0), "ringing-\(Int($0))") }
+                        ? [(.max(concurrency: configuration.concurrency), "ringing-max")]
+                        : configuration.rates.map { (.rate(requestsPerSecond: $0), "ringing-\(Int($0))") }
                 }
-                for (phase, load, name) in runs {
+                for (load, name) in runs {
                     if !phases.isEmpty || floorRan { try await settle() }
                     let pairs = PairPool(prefix: "bench-\(runID)-\(phases.count)", auth: auth)
                     try await pairs.prefill(configuration.concurrency)
                     phases.append(
-                        try await PhaseRunner.run(plan(phase, name, load), driver: driver, pairs: pairs, progress: progress))
+                        try await PhaseRunner.run(plan(name, load), driver: driver, pairs: pairs, progress: progress))
                 }
                 return phases
             }
@@ -124,7 +124,7 @@ public final class Bench: Sendable {
         try await Task.sleep(for: .seconds(configuration.settleSeconds))
     }
 
-    private func plan(_ phase: BenchConfiguration.PhaseName, _ name: String, _ load: PhasePlan.Load) -> PhasePlan {
+    private func plan(_ name: String, _ load: PhasePlan.Load) -> PhasePlan {
         // The floor draws the same mix; having no ring timer, its unanswered flows are a lone initiate.
         PhasePlan(
             name: name, load: load, warmup: .seconds(configuration.warmupSeconds),
