@@ -109,14 +109,8 @@ enum PhaseRunner {
                 while ContinuousClock.now < end {
                     let due = Int((ContinuousClock.now - start).seconds * flowsPerSecond)
                     while started < due {
-                        let kind = picker.next()
-                        let pair = try await pairs.take()
-                        recorder.flowStarted()
-                        group.addTask {
-                            let ok = await driver.run(kind, pair, recorder: recorder, release: {})
-                            recorder.flowFinished(kind, succeeded: ok)
-                            pairs.give(pair, reusable: ok)
-                        }
+                        let flow = try await Flow.next(picker, pairs, recorder)
+                        group.addTask { await flow.run(driver, recorder, pairs, release: {}) }
                         started += 1
                     }
                     try await Task.sleep(for: .milliseconds(1))
@@ -126,15 +120,10 @@ enum PhaseRunner {
                     group.addTask {
                         try await withThrowingTaskGroup(of: Void.self) { flows in
                             while ContinuousClock.now < end {
-                                let kind = picker.next()
-                                let pair = try await pairs.take()
+                                let flow = try await Flow.next(picker, pairs, recorder)
                                 let released = Slot<Void>()
-                                recorder.flowStarted()
                                 flows.addTask {
-                                    let ok = await driver.run(
-                                        kind, pair, recorder: recorder, release: { released.complete(.success(())) })
-                                    recorder.flowFinished(kind, succeeded: ok)
-                                    pairs.give(pair, reusable: ok)
+                                    await flow.run(driver, recorder, pairs, release: { released.complete(.success(())) })
                                 }
                                 try await released.value()
                             }
@@ -155,6 +144,25 @@ enum PhaseRunner {
         case .max(let concurrency):
             return PhaseResult(name: plan.name, load: "max", concurrency: concurrency, figures: figures)
         }
+    }
+}
+
+/// One flow about to start: its kind and its pair, counted as in flight.
+private struct Flow: Sendable {
+    let kind: FlowKind
+    let pair: Pair
+
+    static func next(_ picker: FlowPicker, _ pairs: PairPool, _ recorder: Recorder) async throws -> Flow {
+        let flow = Flow(kind: picker.next(), pair: try await pairs.take())
+        recorder.flowStarted()
+        return flow
+    }
+
+    /// Runs it to the end, then counts it and hands the pair back (unless the flow failed).
+    func run(_ driver: any FlowDriver, _ recorder: Recorder, _ pairs: PairPool, release: @Sendable () -> Void) async {
+        let ok = await driver.run(kind, pair, recorder: recorder, release: release)
+        recorder.flowFinished(kind, succeeded: ok)
+        pairs.give(pair, reusable: ok)
     }
 }
 
