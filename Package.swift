@@ -119,7 +119,7 @@ let package = Package(
         .executableTarget(
             name: "call-control",
             dependencies: [
-                "CallControl", "RingingOperations", "RingingTracing",
+                "CallControl", "RingingOperations", "RingingService", "RingingTracing",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

@@ -4,15 +4,11 @@ import CallControl
 import Foundation
 import Logging
 import RingingOperations
+import RingingService
 import RingingTracing
 import ServiceLifecycle
 
-LoggingSystem.bootstrap { label in
-    var handler = StreamLogHandler.standardError(label: label)
-    let level = ProcessInfo.processInfo.environment["RINGING_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
-    handler.logLevel = level
-    return handler
-}
+RingingLogging.bootstrap(default: .info)
 let logger = Logger(label: "call-control")
 _ = RingingMetrics.registry  // swift-metrics reports to Prometheus (/metrics) from here on
 _ = RingingTracing.bootstrap  // W3C trace context propagation (swift-distributed-tracing)

@@ -89,12 +89,7 @@ struct Run: AsyncParsableCommand {
     }
 
     func run() async throws {
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel =
-                ProcessInfo.processInfo.environment["RINGING_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
-            return handler
-        }
+        RingingLogging.bootstrap(default: .warning)
         let logger = Logger(label: "ringing-bench")
         var configuration = BenchConfiguration()
         configuration.durationSeconds = duration
@@ -138,7 +133,7 @@ struct FloorWorkerCommand: AsyncParsableCommand {
     @Option var workers = 16
 
     func run() async throws {
-        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        RingingLogging.bootstrap(default: .warning)
         var logger = Logger(label: "ringing-bench.floor")
         logger.logLevel = .warning
         let environment = Environment()

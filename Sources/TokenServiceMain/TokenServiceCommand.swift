@@ -23,12 +23,7 @@ struct TokenServiceCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Run the service until SIGTERM or SIGINT (the default).")
 
         func run() async throws {
-            LoggingSystem.bootstrap { label in
-                var handler = StreamLogHandler.standardError(label: label)
-                handler.logLevel =
-                    ProcessInfo.processInfo.environment["RINGING_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
-                return handler
-            }
+            RingingLogging.bootstrap(default: .info)
             let logger = Logger(label: "token-service")
             _ = RingingMetrics.registry  // swift-metrics reports to Prometheus (/metrics) from here on
             do {
