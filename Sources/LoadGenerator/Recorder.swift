@@ -63,19 +63,17 @@ public final class Recorder: Sendable {
         var flowsFailed: [FlowKind: Int] = [:]
         var errors: [String: Int] = [:]
         var inFlight = 0
+        var window: (start: ContinuousClock.Instant, end: ContinuousClock.Instant) = (.now, .now + .seconds(86_400))
     }
 
     private let state = Mutex(State())
-    private let window: Mutex<(start: ContinuousClock.Instant, end: ContinuousClock.Instant)>
 
-    public init() {
-        window = Mutex((.now, .now + .seconds(86_400)))
-    }
+    public init() {}
 
     /// Samples completing before `start` (warm-up) are dropped; counts for rates are taken
     /// only between `start` and `end`.
     public func setWindow(start: ContinuousClock.Instant, end: ContinuousClock.Instant) {
-        window.withLock { $0 = (start, end) }
+        state.withLock { $0.window = (start, end) }
     }
 
     private static func histogram() -> Histogram<UInt64> {
@@ -89,22 +87,20 @@ public final class Recorder: Sendable {
     }
 
     func record(_ measure: Measure, _ duration: Duration, completedAt: ContinuousClock.Instant = .now) {
-        let (start, _) = window.withLock { $0 }
-        guard completedAt >= start else { return }
         let value = Self.microseconds(duration)
         state.withLock { state in
+            guard completedAt >= state.window.start else { return }
             _ = state.latencies[measure, default: Self.histogram()].record(value)
         }
     }
 
     /// A reply arrived for a request of `type` sent at `sent`.
     func reply(_ type: String, sent: ContinuousClock.Instant, arrived: ContinuousClock.Instant, errorCode: String?) {
-        let (start, end) = window.withLock { $0 }
         let value = Self.microseconds(arrived - sent)
         state.withLock { state in
             state.requestsTotal += 1
-            guard arrived >= start else { return }
-            if arrived <= end { state.requestsInWindow += 1 }
+            guard arrived >= state.window.start else { return }
+            if arrived <= state.window.end { state.requestsInWindow += 1 }
             _ = state.latencies[.requestReply, default: Self.histogram()].record(value)
             _ = state.requestLatencyByType[type, default: Self.histogram()].record(value)
             if let errorCode { state.errors[errorCode, default: 0] += 1 }
@@ -113,9 +109,11 @@ public final class Recorder: Sendable {
 
     /// A failure that is not a reply: `timeout`, `publish_failed`, `unexpected_status`, ...
     func error(_ code: String) {
-        let (start, _) = window.withLock { $0 }
-        guard ContinuousClock.now >= start else { return }
-        state.withLock { $0.errors[code, default: 0] += 1 }
+        let now = ContinuousClock.now
+        state.withLock { state in
+            guard now >= state.window.start else { return }
+            state.errors[code, default: 0] += 1
+        }
     }
 
     func flowStarted() {
@@ -123,14 +121,13 @@ public final class Recorder: Sendable {
     }
 
     func flowFinished(_ kind: FlowKind, succeeded: Bool) {
-        let (start, end) = window.withLock { $0 }
         let now = ContinuousClock.now
         state.withLock { state in
             state.inFlight -= 1
             state.flowsTotal += 1
-            guard now >= start else { return }
+            guard now >= state.window.start else { return }
             if succeeded {
-                if now <= end { state.flowsInWindow[kind, default: 0] += 1 }
+                if now <= state.window.end { state.flowsInWindow[kind, default: 0] += 1 }
             } else {
                 state.flowsFailed[kind, default: 0] += 1
             }
