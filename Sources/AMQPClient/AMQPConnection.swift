@@ -22,6 +22,10 @@ public struct AMQPConfiguration: Sendable {
     /// How many publishes may be unconfirmed at once; further ones wait their turn.
     public var confirmWindow: Int
     public var reconnectBackoff: Backoff
+    /// Called on the connection's thread each time the connection is up, after the
+    /// remembered topology, the held bindings and the consumers are back; the argument says
+    /// whether it is a reconnect. Keep it short: hand the news to a task.
+    public var onConnected: (@Sendable (_ reconnected: Bool) -> Void)?
 
     public init(url: AMQPURL = AMQPURL(), connectionName: String = "ringing") {
         self.url = url
@@ -114,6 +118,21 @@ public final class AMQPConnection: Sendable {
     /// declared again after every reconnect, so that auto-delete and non-durable ones come back.
     public func declare(_ topology: AMQPTopology, remember: Bool = true) async throws {
         try await perform { .declare(topology, remember: remember, $0) }
+    }
+
+    /// Takes a hold on a binding and returns once the broker has bound it. The binding stays
+    /// while any hold remains and is bound again after every reconnect (after the remembered
+    /// topology, so its queue exists). Holds are counted on the connection's own thread, in
+    /// the order the calls were made, so concurrent `bind` and `unbind` calls of the same
+    /// binding always leave it bound exactly when holds remain.
+    public func bind(_ binding: AMQPBinding) async throws {
+        try await perform { .bind(binding, $0) }
+    }
+
+    /// Releases a hold taken by `bind`; the last one removes the binding from the broker.
+    /// Does not wait for a connection: when there is none, the hold is simply dropped.
+    public func unbind(_ binding: AMQPBinding) async throws {
+        try await perform { .unbind(binding, $0) }
     }
 
     /// Deletes a queue (for tests and tools); returns how many messages it held.
@@ -218,6 +237,8 @@ struct Settlement: Sendable {
 enum ConnectionCommand: Sendable {
     case publish(AMQPMessage, CheckedContinuation<Void, any Error>)
     case declare(AMQPTopology, remember: Bool, CheckedContinuation<Void, any Error>)
+    case bind(AMQPBinding, CheckedContinuation<Void, any Error>)
+    case unbind(AMQPBinding, CheckedContinuation<Void, any Error>)
     case deleteQueue(String, CheckedContinuation<UInt32, any Error>)
     case purgeQueue(String, CheckedContinuation<UInt32, any Error>)
     case consume(ConsumerSpec, DeliveryBuffer, CheckedContinuation<Void, any Error>)

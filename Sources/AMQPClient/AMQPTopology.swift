@@ -66,10 +66,22 @@ public struct AMQPTopology: Sendable, Hashable {
     public var exchanges: [AMQPExchange]
     public var queues: [AMQPQueue]
     public var bindings: [AMQPBinding]
+    /// Only check that the exchanges and queues exist (`passive`), creating nothing and
+    /// binding nothing: for accounts that may use the topology but not configure it. A
+    /// missing one fails with `channelClosed` (404 NOT_FOUND).
+    public var passive: Bool
 
-    public init(exchanges: [AMQPExchange] = [], queues: [AMQPQueue] = [], bindings: [AMQPBinding] = []) {
+    public init(
+        exchanges: [AMQPExchange] = [], queues: [AMQPQueue] = [], bindings: [AMQPBinding] = [], passive: Bool = false
+    ) {
         self.exchanges = exchanges
         self.queues = queues
         self.bindings = bindings
+        self.passive = passive
+    }
+
+    /// The same exchanges and queues, checked passively.
+    public var asPassive: AMQPTopology {
+        AMQPTopology(exchanges: exchanges, queues: queues, bindings: [], passive: true)
     }
 }

@@ -34,6 +34,9 @@ final class ConnectionLoop {
 
     // Declarations and other requests that wait for a connection.
     private var remembered: [AMQPTopology] = []
+    /// Bindings held by `bind` calls, with how many holds each has: bound while at least one
+    /// hold remains, and bound again after every reconnect.
+    private var bindingHolds: [AMQPBinding: Int] = [:]
     private var waitingRequests: [WaitingRequest] = []
 
     // Consumers.
@@ -104,7 +107,12 @@ final class ConnectionLoop {
             waitingPublishes.append(
                 PendingPublish(message: message, continuation: continuation, deadline: clock.now + configuration.operationTimeout)
             )
-        case .declare, .deleteQueue, .purgeQueue, .consume, .whenConnected:
+        case .unbind(let binding, let continuation):
+            do {
+                try release(binding)
+                continuation.resume()
+            } catch { continuation.resume(throwing: error) }
+        case .declare, .bind, .deleteQueue, .purgeQueue, .consume, .whenConnected:
             let request = WaitingRequest(command: command, deadline: clock.now + configuration.operationTimeout)
             if connection != nil { perform(request) } else { waitingRequests.append(request) }
         case .cancelConsumer(let id):
@@ -167,6 +175,7 @@ final class ConnectionLoop {
             try openPublishChannel()
             try openChannel(Self.declareChannel)
             for topology in remembered { try declare(topology) }
+            for binding in bindingHolds.keys { try bind(binding) }
             for id in consumers.keys.sorted() { try startConsumer(id) }
         } catch {
             dropConnection(error, destroy: true)
@@ -186,6 +195,7 @@ final class ConnectionLoop {
         let requests = waitingRequests
         waitingRequests.removeAll()
         for request in requests { perform(request) }
+        configuration.onConnected?(status.reconnects.load(ordering: .relaxed) > 0)
     }
 
     private func scheduleRetry(_ error: AMQPError) {
@@ -242,6 +252,12 @@ final class ConnectionLoop {
                 if remember { remembered.append(topology) }
                 continuation.resume()
             } catch { continuation.resume(throwing: error) }
+        case .bind(let binding, let continuation):
+            do {
+                if bindingHolds[binding] == nil { try bind(binding) }
+                bindingHolds[binding, default: 0] += 1
+                continuation.resume()
+            } catch { continuation.resume(throwing: error) }
         case .deleteQueue(let name, let continuation):
             let ok = amqp_queue_delete(connection, Self.declareChannel, amqp_cstring_bytes(name), 0, 0)
             do {
@@ -266,7 +282,7 @@ final class ConnectionLoop {
             }
         case .whenConnected(let continuation):
             continuation.resume()
-        case .publish, .cancelConsumer, .settle, .shutdown:
+        case .publish, .unbind, .cancelConsumer, .settle, .shutdown:
             preconditionFailure("not a waiting request")
         }
     }
@@ -276,24 +292,44 @@ final class ConnectionLoop {
         for exchange in topology.exchanges {
             arena.reset()
             amqp_exchange_declare(
-                connection, channel, arena.bytes(exchange.name), arena.bytes(exchange.kind.rawValue), 0,
+                connection, channel, arena.bytes(exchange.name), arena.bytes(exchange.kind.rawValue), topology.passive ? 1 : 0,
                 exchange.durable ? 1 : 0, exchange.autoDelete ? 1 : 0, 0, arena.table(exchange.arguments))
             try checkReply(channel: channel, context: "declaring exchange '\(exchange.name)'")
         }
         for queue in topology.queues {
             arena.reset()
             amqp_queue_declare(
-                connection, channel, arena.bytes(queue.name), 0, queue.durable ? 1 : 0,
+                connection, channel, arena.bytes(queue.name), topology.passive ? 1 : 0, queue.durable ? 1 : 0,
                 queue.exclusive ? 1 : 0, queue.autoDelete ? 1 : 0, arena.table(queue.arguments))
             try checkReply(channel: channel, context: "declaring queue '\(queue.name)'")
         }
-        for binding in topology.bindings {
-            arena.reset()
-            amqp_queue_bind(
-                connection, channel, arena.bytes(binding.queue), arena.bytes(binding.exchange),
-                arena.bytes(binding.routingKey), arena.table(binding.arguments))
-            try checkReply(channel: channel, context: "binding queue '\(binding.queue)' to '\(binding.exchange)'")
+        for binding in topology.bindings where !topology.passive { try bind(binding) }
+    }
+
+    private func bind(_ binding: AMQPBinding) throws(AMQPError) {
+        arena.reset()
+        amqp_queue_bind(
+            connection, Self.declareChannel, arena.bytes(binding.queue), arena.bytes(binding.exchange),
+            arena.bytes(binding.routingKey), arena.table(binding.arguments))
+        try checkReply(channel: Self.declareChannel, context: "binding queue '\(binding.queue)' to '\(binding.exchange)'")
+    }
+
+    /// Drops one hold on a binding; the last hold removes it from the broker.
+    private func release(_ binding: AMQPBinding) throws(AMQPError) {
+        guard let holds = bindingHolds[binding] else { return }
+        if holds > 1 {
+            bindingHolds[binding] = holds - 1
+            return
         }
+        bindingHolds[binding] = nil
+        // Not connected: the binding went with the connection's queue or is re-declared
+        // from bindingHolds only, so forgetting it is all there is to do.
+        guard connection != nil else { return }
+        arena.reset()
+        amqp_queue_unbind(
+            connection, Self.declareChannel, arena.bytes(binding.queue), arena.bytes(binding.exchange),
+            arena.bytes(binding.routingKey), arena.table(binding.arguments))
+        try checkReply(channel: Self.declareChannel, context: "unbinding queue '\(binding.queue)' from '\(binding.exchange)'")
     }
 
     private func expireWaiting() {
@@ -689,7 +725,8 @@ struct WaitingRequest {
 
     func fail(_ error: AMQPError) {
         switch command {
-        case .publish(_, let c), .declare(_, _, let c), .whenConnected(let c): c.resume(throwing: error)
+        case .publish(_, let c), .declare(_, _, let c), .whenConnected(let c), .bind(_, let c), .unbind(_, let c):
+            c.resume(throwing: error)
         case .deleteQueue(_, let c), .purgeQueue(_, let c): c.resume(throwing: error)
         case .consume(_, let stream, let c):
             stream.finish(throwing: error)
