@@ -26,6 +26,8 @@ public final class CallControlService: Service, Sendable {
     let listener: PostgresListener
     let auth: AuthTokens
     let ringTimer = Doorbell()
+    /// The broker account events and notifications are published as (their `user_id`).
+    var publisherUser: String { configuration.amqp.user }
     private let readyBell = Doorbell()
     private let ready = Atomic<Bool>(false)
 
@@ -169,7 +171,7 @@ public final class CallControlService: Service, Sendable {
         var messages: [AMQPMessage] = []
         var outboxIDs: [Int64] = []
         for ((_, envelope, job), outcome) in zip(jobs, outcomes) {
-            messages.append(contentsOf: outcome.outbox.map(\.amqpMessage))
+            messages.append(contentsOf: outcome.outbox.map { $0.amqpMessage(userID: publisherUser) })
             outboxIDs.append(contentsOf: outcome.outbox.map(\.id))
             if let reply = envelope.reply(outcome.reply) { messages.append(reply) }
             logger.debug(
@@ -346,7 +348,7 @@ public final class CallControlService: Service, Sendable {
         guard !outbox.0.isEmpty else { return outbox.1 }
         logger.debug("ring deadlines fired", metadata: ["calls": "\(outbox.1)"])
         // If publishing fails here, the relay publishes these rows once the grace period passes.
-        try await publisher.publishAll(outbox.0.map(\.amqpMessage))
+        try await publisher.publishAll(outbox.0.map { $0.amqpMessage(userID: publisherUser) })
         try await pool.withConnection { try await CallStore.deleteOutbox($0, ids: outbox.0.map(\.id)) }
         return outbox.1
     }
@@ -367,7 +369,7 @@ public final class CallControlService: Service, Sendable {
                 if !claimed.isEmpty {
                     logger.notice(
                         "republishing outbox messages left by a stopped publisher", metadata: ["count": "\(claimed.count)"])
-                    try await publisher.publishAll(claimed.map(\.amqpMessage))
+                    try await publisher.publishAll(claimed.map { $0.amqpMessage(userID: publisherUser) })
                     try await pool.withConnection { try await CallStore.deleteOutbox($0, ids: claimed.map(\.id)) }
                     if claimed.count == 500 { continue }
                 }

@@ -15,6 +15,8 @@ struct Job: Sendable {
     var traceparent: String?
     var request: Request
     var user: AuthenticatedUser
+
+    var idempotencyKey: IdempotencyKey { IdempotencyKey(actor: user.uid, messageID: messageID) }
 }
 
 /// What a job produced: the reply and the outbox messages to publish after commit.
@@ -29,11 +31,11 @@ enum RequestProcessor {
     /// Applies `jobs` in order inside the caller's transaction.
     static func process(_ db: isolated PostgresConnection, _ jobs: [Job]) throws -> [JobOutcome] {
         let now = try CallStore.now(db)
-        var processed = try CallStore.processed(db, messageIDs: jobs.filter { $0.request.type.isMutation }.map(\.messageID))
+        var processed = try CallStore.processed(db, keys: jobs.filter { $0.request.type.isMutation }.map(\.idempotencyKey))
         var outcomes: [JobOutcome] = []
         outcomes.reserveCapacity(jobs.count)
         for job in jobs {
-            if job.request.type.isMutation, let earlier = processed[job.messageID] {
+            if job.request.type.isMutation, let earlier = processed[job.idempotencyKey] {
                 outcomes.append(duplicate(job, earlier))
                 continue
             }
@@ -43,17 +45,17 @@ enum RequestProcessor {
                     messageID: job.messageID, type: job.request.type.rawValue, actor: job.user.uid,
                     reply: String(decoding: outcome.reply, as: UTF8.self))
                 try CallStore.recordProcessed(db, record)
-                processed[job.messageID] = record
+                processed[job.idempotencyKey] = record
             }
             outcomes.append(outcome)
         }
         return outcomes
     }
 
-    /// A repeated `message_id`: the original reply, nothing changed. A different user reusing
-    /// it gets an error rather than someone else's reply.
+    /// A repeated (`sub`, `message_id`): the original reply, nothing changed. The same user
+    /// reusing a `message_id` for another kind of request gets an error instead.
     private static func duplicate(_ job: Job, _ earlier: ProcessedRequest) -> JobOutcome {
-        guard earlier.actor == job.user.uid, earlier.type == job.request.type.rawValue else {
+        guard earlier.type == job.request.type.rawValue else {
             return failure(.invalid("message_id", "message_id '\(job.messageID)' was already used for another request"))
         }
         return JobOutcome(
@@ -113,6 +115,10 @@ enum RequestProcessor {
         case .active:
             let call = try CallStore.activeCall(db, of: actor)
             return JobOutcome(reply: WireReply.call(call).encoded(), outbox: [], code: "ok", sessionID: call?.sessionID)
+
+        case .live:
+            let calls = try CallStore.liveCalls(db, of: actor, at: now)
+            return JobOutcome(reply: WireReply.live(calls).encoded(), outbox: [], code: "ok")
 
         case .history(let query):
             let page = try CallStore.history(db, of: actor, query)

@@ -123,6 +123,8 @@ public struct CallError: Error, Sendable, Hashable, CustomStringConvertible {
         case invalidState = "invalid_state"
         case callerBusy = "caller_busy"
         case unavailable
+        /// The gateway's per-socket or per-user limit: retry later.
+        case rateLimited = "rate_limited"
     }
 
     public var code: Code

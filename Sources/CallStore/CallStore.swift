@@ -24,6 +24,17 @@ public struct OutboxMessage: Sendable, Hashable {
     }
 }
 
+/// What makes a request the same request again: the acting user and the `message_id`.
+public struct IdempotencyKey: Sendable, Hashable {
+    public var actor: String
+    public var messageID: String
+
+    public init(actor: String, messageID: String) {
+        self.actor = actor
+        self.messageID = messageID
+    }
+}
+
 /// A request recorded as processed, with the reply it got.
 public struct ProcessedRequest: Sendable, Hashable {
     public var messageID: String
@@ -48,14 +59,24 @@ public enum CallStore {
         try db.query("SELECT clock_timestamp()")[0].decode(Date.self, at: 0)
     }
 
-    public static func processed(_ db: isolated PostgresConnection, messageIDs: [String]) throws -> [String: ProcessedRequest] {
-        guard !messageIDs.isEmpty else { return [:] }
-        var result: [String: ProcessedRequest] = [:]
+    /// The requests of `keys` already applied, by (`sub`, `message_id`): the idempotency key
+    /// of DESIGN §2, so the same `message_id` from two users is two requests.
+    public static func processed(_ db: isolated PostgresConnection, keys: [IdempotencyKey]) throws -> [IdempotencyKey:
+        ProcessedRequest]
+    {
+        guard !keys.isEmpty else { return [:] }
+        let wanted = Set(keys)
+        var result: [IdempotencyKey: ProcessedRequest] = [:]
         for row in try db.query(
-            "SELECT message_id, request_type, actor, reply FROM processed_requests WHERE message_id = ANY(\(messageIDs))")
+            """
+            SELECT message_id, request_type, actor, reply FROM processed_requests
+            WHERE message_id = ANY(\(keys.map(\.messageID))) AND actor = ANY(\(Array(Set(keys.map(\.actor)))))
+            """)
         {
             let (id, type, actor, reply) = try row.decodeColumns((String, String, String, String).self)
-            result[id] = ProcessedRequest(messageID: id, type: type, actor: actor, reply: reply)
+            let key = IdempotencyKey(actor: actor, messageID: id)
+            guard wanted.contains(key) else { continue }
+            result[key] = ProcessedRequest(messageID: id, type: type, actor: actor, reply: reply)
         }
         return result
     }
@@ -128,6 +149,21 @@ public enum CallStore {
                 WHERE p.uid = \(uid) AND p.active
                 """)
         ).first
+    }
+
+    /// Every call in which the user now rings (participant `ringing`, call `initiated` or
+    /// `ongoing`, deadline not passed) or is in (participant `accepted`, call `initiated` or
+    /// `ongoing`): the snapshot a device gets when it connects (`call.live`).
+    public static func liveCalls(_ db: isolated PostgresConnection, of uid: String, at now: Date) throws -> [CallSession] {
+        try loadCalls(
+            db,
+            try db.query(
+                """
+                SELECT \(fragment: callColumnsOfC) FROM call_participants p JOIN calls c ON c.session_id = p.session_id
+                WHERE p.uid = \(uid) AND c.status IN ('initiated', 'ongoing')
+                  AND (p.status = 'accepted' OR (p.status = 'ringing' AND c.expires_at > \(now)))
+                ORDER BY c.initiated_at, c.session_id
+                """))
     }
 
     /// Calls whose ring deadline has passed, locked, skipping those another instance holds.

@@ -104,6 +104,14 @@ public enum Migrations {
             END $$;
             """
         ),
+        (
+            3, "idempotency keyed by user and message_id",
+            """
+            -- DESIGN §2: the key is (sub, message_id); the same message_id from two users is two requests.
+            ALTER TABLE processed_requests DROP CONSTRAINT processed_requests_pkey;
+            ALTER TABLE processed_requests ADD PRIMARY KEY (actor, message_id);
+            """
+        ),
     ]
 
     /// Applies every migration not yet applied, in one transaction under the advisory lock.

@@ -10,10 +10,13 @@ public struct AuthenticatedUser: Sendable, Hashable {
     public var uid: String
     /// The token carries `"role": "service"` and may manage groups.
     public var isService: Bool
+    /// When the token stops being valid (its `exp`).
+    public var expiresAt: Date?
 
-    public init(uid: String, isService: Bool) {
+    public init(uid: String, isService: Bool, expiresAt: Date? = nil) {
         self.uid = uid
         self.isService = isService
+        self.expiresAt = expiresAt
     }
 }
 
@@ -64,7 +67,7 @@ public final class AuthTokens: Sendable {
         guard Identifier.isValid(claims.sub.value) else {
             throw CallError(.unauthenticated, "auth_token subject '\(claims.sub.value.prefix(80))' is not a valid user id")
         }
-        return AuthenticatedUser(uid: claims.sub.value, isService: claims.role == "service")
+        return AuthenticatedUser(uid: claims.sub.value, isService: claims.role == "service", expiresAt: claims.exp.value)
     }
 
     /// A token for `uid`, valid for `lifetime` (development and tests; production tokens come

@@ -11,6 +11,7 @@ public enum RequestType: String, Sendable, Hashable, CaseIterable {
     case get = "call.get"
     case active = "call.active"
     case history = "call.history"
+    case live = "call.live"
     case setGroupMembers = "group.set_members"
     case generateToken = "token.generate"
     case jwks = "token.jwks"
@@ -22,7 +23,7 @@ public enum RequestType: String, Sendable, Hashable, CaseIterable {
     public var isMutation: Bool {
         switch self {
         case .initiate, .accept, .reject, .end, .setGroupMembers: true
-        case .get, .active, .history, .generateToken, .jwks: false
+        case .get, .active, .history, .live, .generateToken, .jwks: false
         }
     }
 }
@@ -87,6 +88,7 @@ public enum Command: Sendable, Hashable {
     case get(sessionID: UUID)
     case active
     case history(HistoryQuery)
+    case live
     case setGroupMembers(groupID: String, members: [String])
     case generateToken(sessionID: UUID)
     case jwks
@@ -167,6 +169,8 @@ public enum RequestParser {
             return .get(sessionID: try f.uuid("session_id"))
         case .active:
             return .active
+        case .live:
+            return .live
         case .history:
             var query = HistoryQuery()
             query.limit = try f.optionalInteger("limit", in: ContractLimits.historyLimit) ?? ContractLimits.defaultHistoryLimit

@@ -83,6 +83,9 @@ public struct WireCall: Codable, Sendable, Hashable {
     public var endedAt: Date?
     public var durationSeconds: Int?
     public var endedBy: String?
+    /// Why the server ended the call on its own: `unanswered` (and, with liveness,
+    /// `connection_lost` / `max_duration`); null when a user ended it or it is not over.
+    public var endReason: String?
     public var metadata: JSONObject
     public var participants: [WireParticipant]
     public var sequence: Int
@@ -99,6 +102,7 @@ public struct WireCall: Codable, Sendable, Hashable {
         case endedAt = "ended_at"
         case durationSeconds = "duration_s"
         case endedBy = "ended_by"
+        case endReason = "end_reason"
     }
 
     public init(_ call: CallSession) {
@@ -114,6 +118,7 @@ public struct WireCall: Codable, Sendable, Hashable {
         endedAt = call.endedAt
         durationSeconds = call.durationSeconds
         endedBy = call.endedBy
+        endReason = call.status == .unanswered ? "unanswered" : nil
         metadata = call.metadata
         participants = call.participants.map(WireParticipant.init)
         sequence = call.sequence
@@ -133,6 +138,7 @@ public struct WireCall: Codable, Sendable, Hashable {
         try c.encode(endedAt, forKey: .endedAt)
         try c.encode(durationSeconds, forKey: .durationSeconds)
         try c.encode(endedBy, forKey: .endedBy)
+        try c.encode(endReason, forKey: .endReason)
         try c.encode(metadata, forKey: .metadata)
         try c.encode(participants, forKey: .participants)
         try c.encode(sequence, forKey: .sequence)
@@ -220,7 +226,7 @@ public struct WireReply: Codable, Sendable, Hashable {
     /// Which of the optional members are present even when nil (`"call": null`).
     var shape: Shape = .plain
 
-    enum Shape: Sendable, Hashable { case plain, call, calls }
+    enum Shape: Sendable, Hashable { case plain, call, calls, live }
 
     enum CodingKeys: String, CodingKey {
         case ok, call, calls, next, token, keys, error
@@ -233,6 +239,11 @@ public struct WireReply: Codable, Sendable, Hashable {
 
     public static func calls(_ calls: [CallSession], next: String?) -> WireReply {
         WireReply(ok: true, calls: calls.map(WireCall.init), next: next, shape: .calls)
+    }
+
+    /// `call.live`: every call the user rings in or is in, with no paging.
+    public static func live(_ calls: [CallSession]) -> WireReply {
+        WireReply(ok: true, calls: calls.map(WireCall.init), shape: .live)
     }
 
     public static let ok = WireReply(ok: true)
@@ -276,7 +287,8 @@ public struct WireReply: Codable, Sendable, Hashable {
         expiresAt = try c.decodeIfPresent(Date.self, forKey: .expiresAt)
         keys = try c.decodeIfPresent([JSONObject].self, forKey: .keys)
         error = try c.decodeIfPresent(WireError.self, forKey: .error)
-        shape = c.contains(.calls) ? .calls : c.contains(.call) ? .call : .plain
+        shape =
+            c.contains(.calls) ? (c.contains(.next) ? .calls : .live) : c.contains(.call) ? .call : .plain
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -287,6 +299,7 @@ public struct WireReply: Codable, Sendable, Hashable {
         case .calls:
             try c.encode(calls ?? [], forKey: .calls)
             try c.encode(next, forKey: .next)
+        case .live: try c.encode(calls ?? [], forKey: .calls)
         case .plain: break
         }
         try c.encodeIfPresent(token, forKey: .token)
@@ -319,4 +332,8 @@ public enum Topology {
     public static let deadLetterQueue = "calls.dead-letter"
     public static let callControlQueue = "call-control.commands"
     public static let tokenServiceQueue = "token-service.requests"
+    public static let pushNotifierQueue = "push-notifier.requests"
+    /// The broker account whose `user_id` every event and notification carries (DESIGN §9);
+    /// consumers drop messages from anybody else.
+    public static let publisherAccount = "call-control"
 }

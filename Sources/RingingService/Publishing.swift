@@ -7,10 +7,13 @@ public import Logging
 public import PostgresClient
 
 extension OutboxMessage {
-    /// The AMQP message: persistent JSON, `message_id` = the event id, `traceparent` carried on.
-    public var amqpMessage: AMQPMessage {
+    /// The AMQP message: persistent JSON, `message_id` = the event id, `traceparent` carried on,
+    /// and `user_id` = the publishing broker account (DESIGN §9: the broker refuses a
+    /// `user_id` that is not the connection's user, so consumers can trust it).
+    public func amqpMessage(userID: String) -> AMQPMessage {
         var properties = AMQPProperties(
             contentType: "application/json", deliveryMode: .persistent, messageID: messageID, type: routingKey)
+        properties.userID = userID
         if let traceparent { properties.headers["traceparent"] = .string(traceparent) }
         // Not mandatory: an event or a notification nobody listens to is not an error.
         return AMQPMessage(
@@ -45,6 +48,28 @@ extension AMQPConnection {
                 return
             } catch let error as AMQPError where error.code == .timeout || error.code == .connectionLost {
                 logger.warning("broker not reachable to declare the topology; retrying", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+}
+
+extension AMQPConnection {
+    /// Waits until call-control has declared the Ringing topology, checking it passively:
+    /// services other than call-control may use it but not configure it (DESIGN §9).
+    public func awaitRingingTopology(logger: Logger) async throws {
+        var announced = false
+        while true {
+            do {
+                try await declare(RingingTopology.declaration.asPassive, remember: false)
+                return
+            } catch let error as AMQPError where error.code == .timeout || error.code == .connectionLost
+                || error.code == .channelClosed
+            {
+                if !announced {
+                    logger.notice("waiting for call-control to declare the topology", metadata: ["error": "\(error)"])
+                    announced = true
+                }
+                try await Task.sleep(for: .milliseconds(500))
             }
         }
     }

@@ -28,11 +28,13 @@ public enum RingingTopology {
             .quorum(Topology.deadLetterQueue),
             serviceQueue(Topology.callControlQueue),
             serviceQueue(Topology.tokenServiceQueue),
+            serviceQueue(Topology.pushNotifierQueue),
         ],
         bindings: [
             AMQPBinding(queue: Topology.deadLetterQueue, exchange: Topology.deadLetterExchange, routingKey: ""),
             AMQPBinding(queue: Topology.callControlQueue, exchange: Topology.commandsExchange, routingKey: "call.#"),
             AMQPBinding(queue: Topology.callControlQueue, exchange: Topology.commandsExchange, routingKey: "group.#"),
             AMQPBinding(queue: Topology.tokenServiceQueue, exchange: Topology.commandsExchange, routingKey: "token.#"),
+            AMQPBinding(queue: Topology.pushNotifierQueue, exchange: Topology.commandsExchange, routingKey: "device.#"),
         ])
 }

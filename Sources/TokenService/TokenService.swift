@@ -59,7 +59,7 @@ public final class TokenService: Service, Sendable {
                 connections.addTask { await server.runLoggingFailure() }
             }
             defer { connections.cancelAll() }
-            try await publisher.declareRingingTopology(logger: logger)
+            try await publisher.awaitRingingTopology(logger: logger)
             try await withThrowingTaskGroup(of: Void.self) { work in
                 var consumers: [AMQPConsumer] = []
                 for index in 0..<configuration.workers {

@@ -167,11 +167,19 @@ import Testing
             try await bob.expect(.incomingCallReceived, barrier.sessionID)
             #expect(s.eventTypes(call.sessionID) == ["call.initiated", "call.accepted", "call.ended"])
             #expect(bob.received(.incomingCallReceived, call.sessionID).count == 1, "rung once")
-            // Reusing someone else's message_id is refused rather than answered with their reply.
-            let stolen = try await s.request(
-                .initiate, as: bob, ["receiver_id": .string(alice.uid), "receiver_type": "user", "call_type": "audio"],
+            // The key is (sub, message_id): another user's request with the same message_id
+            // is a request of its own, not a repeat of alice's.
+            let carol = try await s.party("carol")
+            let own = try await s.request(
+                .initiate, as: carol, ["receiver_id": .string(bob.uid), "receiver_type": "user", "call_type": "video"],
                 messageID: id)
-            #expect(stolen.error?.field == "message_id")
+            let carolsCall = try Scenario.call(own)
+            #expect(carolsCall.initiator == carol.uid)
+            #expect(carolsCall.sessionID != call.sessionID)
+            try await bob.expect(.incomingCallReceived, carolsCall.sessionID)
+            // The same user reusing a message_id for another kind of request is refused.
+            let reused = try await s.request(.end, as: alice, ["session_id": .string(call.sessionID.uuidString)], messageID: id)
+            #expect(reused.error?.field == "message_id")
         }
     }
 }
