@@ -13,7 +13,7 @@ struct Options {
     var prefetch: UInt16 = 100
     var rounds = 3
     var bodySize = 256
-    var url = ProcessInfo.processInfo.environment["RINGING_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/"
+    var url = ProcessInfo.processInfo.environment["RINGING_AMQP_URL"] ?? "amqp://admin:admin@127.0.0.1:5672/"
 
     init() {}
 

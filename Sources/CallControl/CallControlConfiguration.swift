@@ -24,7 +24,7 @@ public struct CallControlConfiguration: Sendable {
     public var httpPort: Int
 
     public init(environment: Environment = Environment()) throws {
-        amqp = try environment.amqpURL()
+        amqp = try environment.amqpURL(account: "call-control")
         database = try environment.database()
         authSecret = environment.string("RINGING_AUTH_SECRET", default: AuthTokens.developmentSecret)
         workers = try environment.integer("RINGING_CALL_CONTROL_WORKERS", default: 4, in: 1...64)

@@ -37,8 +37,10 @@ public struct Environment: Sendable {
         return value
     }
 
-    public func amqpURL() throws -> AMQPURL {
-        let text = string("RINGING_AMQP_URL", default: "amqp://guest:guest@127.0.0.1:5672/")
+    /// `RINGING_AMQP_URL`, by default the local stack's broker with `account`'s development
+    /// credentials: each executable connects with its own broker account (DESIGN §9).
+    public func amqpURL(account: String) throws -> AMQPURL {
+        let text = string("RINGING_AMQP_URL", default: "amqp://\(account):\(account)@127.0.0.1:5672/")
         do { return try AMQPURL(text) } catch {
             throw ConfigurationError(variable: "RINGING_AMQP_URL", message: error.message)
         }

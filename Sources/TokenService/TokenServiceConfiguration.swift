@@ -27,7 +27,7 @@ public struct TokenServiceConfiguration: Sendable {
     public var httpPort: Int
 
     public init(environment: Environment = Environment()) throws {
-        amqp = try environment.amqpURL()
+        amqp = try environment.amqpURL(account: "token-service")
         // A read-only role: the token service never writes.
         let databaseText = environment.string(
             "RINGING_TOKEN_DATABASE_URL", default: "postgres://ringing_reader:ringing_reader@127.0.0.1:5432/ringing")

@@ -22,7 +22,7 @@ struct Ringctl: AsyncParsableCommand {
 /// Options every command that talks to the stack takes.
 struct StackOptions: ParsableArguments {
     @Option(name: .customLong("amqp-url"), help: "The broker (default: RINGING_AMQP_URL or the local stack).")
-    var amqpURL: String = ProcessInfo.processInfo.environment["RINGING_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/"
+    var amqpURL: String = ProcessInfo.processInfo.environment["RINGING_AMQP_URL"] ?? "amqp://admin:admin@127.0.0.1:5672/"
 
     @Option(
         name: .customLong("auth-secret"),

@@ -49,7 +49,8 @@ struct Scenario: Sendable {
     static func configuration(workers: Int = 2, httpPort: Int = 0) throws -> CallControlConfiguration {
         try CallControlConfiguration(
             environment: Environment([
-                "RINGING_AMQP_URL": TestEnvironment.amqpURL, "RINGING_DATABASE_URL": TestEnvironment.databaseURL,
+                "RINGING_AMQP_URL": TestEnvironment.amqpURL(account: "call-control"),
+                "RINGING_DATABASE_URL": TestEnvironment.databaseURL,
                 "RINGING_CALL_CONTROL_WORKERS": "\(workers)", "RINGING_INSTANCE": TestEnvironment.uniqueName("cc-test"),
                 "RINGING_HTTP_PORT": "\(httpPort)",
             ]))
@@ -102,7 +103,8 @@ struct Scenario: Sendable {
         try TokenServiceConfiguration(
             environment: Environment(
                 [
-                    "RINGING_AMQP_URL": TestEnvironment.amqpURL, "RINGING_TOKEN_DATABASE_URL": TestEnvironment.readerDatabaseURL,
+                    "RINGING_AMQP_URL": TestEnvironment.amqpURL(account: "token-service"),
+                    "RINGING_TOKEN_DATABASE_URL": TestEnvironment.readerDatabaseURL,
                     "RINGING_INSTANCE": TestEnvironment.uniqueName("token-test"), "RINGING_HTTP_PORT": "0",
                 ].merging(extra) { $1 }))
     }

@@ -31,7 +31,7 @@ public final class ServiceProcess: Sendable {
         process = Process()
         process.executableURL = url
         var env = ProcessInfo.processInfo.environment
-        env["RINGING_AMQP_URL"] = TestEnvironment.amqpURL
+        env["RINGING_AMQP_URL"] = TestEnvironment.amqpURL(account: executable)
         env["RINGING_DATABASE_URL"] = TestEnvironment.databaseURL
         env["RINGING_INSTANCE"] = name
         env["RINGING_LOG_LEVEL"] = env["RINGING_LOG_LEVEL"] ?? "info"

@@ -3,9 +3,21 @@
 public import Foundation
 
 public enum TestEnvironment {
-    /// The broker the tests use; `scripts/stack` starts it at this address.
+    /// The broker the tests use, with the operators' `admin` account (DESIGN §9) for
+    /// inspection; `scripts/stack` starts it at this address.
     public static var amqpURL: String {
-        ProcessInfo.processInfo.environment["RINGING_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/"
+        ProcessInfo.processInfo.environment["RINGING_AMQP_ADMIN_URL"] ?? amqpURL(account: "admin")
+    }
+
+    /// The same broker with one role's account (`call-control`, `token-service`,
+    /// `device-gateway`, `app`, …): development password = the name, unless
+    /// `RINGING_AMQP_PASSWORD_<ROLE>` overrides it, as in `scripts/stack`.
+    public static func amqpURL(account: String) -> String {
+        let environment = ProcessInfo.processInfo.environment
+        let port = environment["RINGING_STACK_AMQP_PORT"] ?? "5672"
+        let variable = "RINGING_AMQP_PASSWORD_" + account.uppercased().replacingOccurrences(of: "-", with: "_")
+        let password = environment[variable] ?? account
+        return "amqp://\(account):\(password)@127.0.0.1:\(port)/"
     }
 
     public static var databaseURL: String {
