@@ -25,6 +25,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.1.0"),
         .package(url: "https://github.com/swift-otel/swift-w3c-trace-context", from: "1.0.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket", from: "2.8.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // C libraries, from Debian's -dev packages (see scripts/stack).
@@ -155,6 +157,32 @@ let package = Package(
             path: "Sources/TokenServiceMain",
             swiftSettings: strict
         ),
+        // The device gateway (DESIGN §7): WebSocket and HTTP for phones and browsers, with the
+        // socket registry and frame protocol as pure logic and the broker behind it.
+        .target(
+            name: "DeviceGateway",
+            dependencies: [
+                "AMQPClient", "CallRules", "RingingContract", "RingingAuth", "RingingService", "RingingOperations",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "device-gateway",
+            dependencies: [
+                "DeviceGateway", "RingingOperations", "RingingService",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/DeviceGatewayMain",
+            swiftSettings: strict
+        ),
         // The client library: the seed's calls and callbacks over AMQP.
         .target(
             name: "RingingClient",
@@ -211,6 +239,19 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "CallRulesTests", dependencies: ["CallRules"], swiftSettings: strict),
+        .testTarget(
+            name: "DeviceGatewayTests",
+            dependencies: [
+                "DeviceGateway", "CallControl", "CallRules", "RingingContract", "RingingAuth", "RingingService", "AMQPClient",
+                "RingingOperations",
+                "TestSupport",
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "CallControlTests",
             dependencies: [
