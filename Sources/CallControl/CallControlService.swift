@@ -11,13 +11,13 @@ import Metrics
 import PostgresClient
 import RingingAuth
 import RingingContract
-import RingingOperations
+public import RingingOperations
 import RingingService
 import RingingTracing
 public import ServiceLifecycle
 import Synchronization
 
-public final class CallControlService: Service, Sendable {
+public final class CallControlService: ComposedService, Sendable {
     public let configuration: CallControlConfiguration
     let logger: Logger
     let publisher: AMQPConnection
@@ -54,50 +54,52 @@ public final class CallControlService: Service, Sendable {
         auth = try await AuthTokens(secret: configuration.authSecret)
     }
 
+    /// The broker and database connections and the operations server: they run beside the
+    /// service in its ServiceGroup, started before it and stopped after it.
+    public var dependencies: [any Service] {
+        [
+            Background("amqp publish") { await self.publisher.run() },
+            Background("amqp consume") { await self.consumerConnection.run() },
+            Background("postgres listen") { await self.listener.run() },
+        ]
+            + OperationsServer.dependency(
+                host: configuration.httpHost, port: configuration.httpPort, logger: logger
+            ) { await self.readiness() }
+    }
+
     /// Runs until cancelled or until a graceful shutdown (SIGTERM under a ServiceGroup): then
-    /// stops taking requests, finishes the batches in hand, and closes the connections.
+    /// stops taking requests and finishes the batches in hand. Its connections run as
+    /// `dependencies` in the same ServiceGroup.
     public func run() async throws {
         if configuration.usesDevelopmentSecret {
             logger.warning("RINGING_AUTH_SECRET is not set: using the development secret, which anybody can mint tokens with")
         }
-        try await withThrowingTaskGroup(of: Void.self) { connections in
-            connections.addTask { await self.publisher.run() }
-            connections.addTask { await self.consumerConnection.run() }
-            connections.addTask { await self.listener.run() }
-            if configuration.httpPort > 0 {
-                let server = OperationsServer(host: configuration.httpHost, port: configuration.httpPort, logger: logger) {
-                    await self.readiness()
-                }
-                connections.addTask { await server.runLoggingFailure() }
+        try await migrate()
+        try await publisher.declareRingingTopology(logger: logger)
+        logger.info(
+            "call-control ready",
+            metadata: ["workers": "\(configuration.workers)", "instance": "\(configuration.instanceName)"])
+        try await withThrowingTaskGroup(of: Void.self) { work in
+            var consumers: [AMQPConsumer] = []
+            for index in 0..<configuration.workers {
+                let consumer = try await consumerConnection.consume(
+                    queue: Topology.callControlQueue, prefetch: UInt16(configuration.prefetch))
+                consumers.append(consumer)
+                work.addTask { try await self.work(consumer, worker: index) }
             }
-            defer { connections.cancelAll() }
-            try await migrate()
-            try await publisher.declareRingingTopology(logger: logger)
-            logger.info(
-                "call-control ready",
-                metadata: ["workers": "\(configuration.workers)", "instance": "\(configuration.instanceName)"])
-            try await withThrowingTaskGroup(of: Void.self) { work in
-                var consumers: [AMQPConsumer] = []
-                for index in 0..<configuration.workers {
-                    let consumer = try await consumerConnection.consume(
-                        queue: Topology.callControlQueue, prefetch: UInt16(configuration.prefetch))
-                    consumers.append(consumer)
-                    work.addTask { try await self.work(consumer, worker: index) }
-                }
-                work.addTask { await cancelWhenGracefulShutdown { await self.runRingTimer() } }
-                work.addTask { await cancelWhenGracefulShutdown { await self.runOutboxRelay() } }
-                work.addTask { await cancelWhenGracefulShutdown { await self.forwardDeadlineNotifications() } }
-                ready.store(true, ordering: .relaxed)
-                readyBell.ring()
-                // Stop taking work on a graceful shutdown (or cancellation); workers then
-                // finish what they hold and return.
-                try? await gracefulShutdown()
-                logger.info("call-control stopping: no new requests, finishing the ones in hand")
-                for consumer in consumers { consumer.cancel() }
-                try await work.waitForAll()
-            }
-            await pool.close()
+            work.addTask { await cancelWhenGracefulShutdown { await self.runRingTimer() } }
+            work.addTask { await cancelWhenGracefulShutdown { await self.runOutboxRelay() } }
+            work.addTask { await cancelWhenGracefulShutdown { await self.forwardDeadlineNotifications() } }
+            ready.store(true, ordering: .relaxed)
+            readyBell.ring()
+            // Stop taking work on a graceful shutdown (or cancellation); workers then
+            // finish what they hold and return.
+            try? await gracefulShutdown()
+            logger.info("call-control stopping: no new requests, finishing the ones in hand")
+            for consumer in consumers { consumer.cancel() }
+            try await work.waitForAll()
         }
+        await pool.close()
     }
 
     /// For /readyz: migrations done and consumers started, both broker connections up, and

@@ -1,6 +1,6 @@
 // The device-gateway service: one queue of its own for its users' notifications, a publishing
 // connection for their requests, and the public listener for WebSockets and HTTP.
-public import AMQPClient
+import AMQPClient
 import Foundation
 import Hummingbird
 import HummingbirdWebSocket
@@ -9,12 +9,12 @@ import Metrics
 import NIOCore
 import RingingAuth
 import RingingContract
-import RingingOperations
+public import RingingOperations
 import RingingService
 public import ServiceLifecycle
 import Synchronization
 
-public final class DeviceGatewayService: Service, Sendable {
+public final class DeviceGatewayService: ComposedService, Sendable {
     public let configuration: GatewayConfiguration
     let logger: Logger
     let publisher: AMQPConnection
@@ -50,47 +50,50 @@ public final class DeviceGatewayService: Service, Sendable {
     /// The public port once the listener is up (the one bound, when configured as 0).
     public func waitUntilListening() async -> Int? { await boundPort.wait() }
 
+    /// The broker connections and the operations server, run beside the service.
+    public var dependencies: [any Service] {
+        [
+            Background("amqp publish") { await self.publisher.run() },
+            Background("amqp notifications") { await self.feed.run() },
+        ]
+            + OperationsServer.dependency(
+                host: configuration.httpHost, port: configuration.httpPort, logger: logger
+            ) { await self.readiness() }
+    }
+
     public func run() async throws {
         if configuration.usesDevelopmentSecret {
             logger.warning("RINGING_AUTH_SECRET is not set: using the development secret, which anybody can mint tokens with")
         }
-        try await withThrowingTaskGroup(of: Void.self) { connections in
-            connections.addTask { await self.publisher.run() }
-            connections.addTask { await self.feed.run() }
-            if configuration.httpPort > 0 {
-                let server = OperationsServer(host: configuration.httpHost, port: configuration.httpPort, logger: logger) {
-                    await self.readiness()
-                }
-                connections.addTask { await server.runLoggingFailure() }
+        try await publisher.awaitRingingTopology(logger: logger)
+        // Exclusive and auto-delete: the queue lives and dies with this instance's
+        // connection, and comes back (with the held bindings) after a reconnect.
+        try await feed.declare(
+            AMQPTopology(queues: [AMQPQueue(configuration.queueName, durable: false, exclusive: true, autoDelete: true)]))
+        let notifications = try await feed.consume(queue: configuration.queueName, prefetch: 1000, exclusive: true)
+        await withTaskGroup(of: Void.self) { work in
+            work.addTask { await self.logFailure("replies") { try await self.forwarder.run() } }
+            work.addTask { await self.logFailure("notifications") { try await self.deliver(notifications) } }
+            work.addTask {
+                for await _ in self.reconnects { await self.hub.resnapshotAll() }
             }
-            defer { connections.cancelAll() }
-            try await publisher.awaitRingingTopology(logger: logger)
-            // Exclusive and auto-delete: the queue lives and dies with this instance's
-            // connection, and comes back (with the held bindings) after a reconnect.
-            try await feed.declare(
-                AMQPTopology(queues: [
-                    AMQPQueue(configuration.queueName, durable: false, exclusive: true, autoDelete: true)
-                ]))
-            let notifications = try await feed.consume(queue: configuration.queueName, prefetch: 1000, exclusive: true)
-            try await withThrowingTaskGroup(of: Void.self) { work in
-                work.addTask { try await self.forwarder.run() }
-                work.addTask { try await self.deliver(notifications) }
-                work.addTask {
-                    for await _ in self.reconnects { await self.hub.resnapshotAll() }
-                }
-                work.addTask { try await self.application().run() }
-                guard let port = await boundPort.wait() else { return }
-                ready.store(true, ordering: .relaxed)
-                logger.info(
-                    "device-gateway ready",
-                    metadata: ["address": "\(configuration.host):\(port)", "instance": "\(configuration.instanceName)"])
-                try? await gracefulShutdown()
-                logger.info("device-gateway stopping: closing every socket with 1001 so that devices reconnect elsewhere")
-                await hub.closeAll(
-                    code: CloseCode.goingAway, reason: "the gateway is shutting down; reconnect", within: .seconds(5))
-                notifications.cancel()
-                work.cancelAll()
-            }
+            work.addTask { await self.logFailure("listener") { try await self.application().run() } }
+            guard let port = await boundPort.wait() else { return }
+            ready.store(true, ordering: .relaxed)
+            logger.info(
+                "device-gateway ready",
+                metadata: ["address": "\(configuration.host):\(port)", "instance": "\(configuration.instanceName)"])
+            try? await gracefulShutdown()
+            logger.info("device-gateway stopping: closing every socket with 1001 so that devices reconnect elsewhere")
+            await hub.closeAll(code: CloseCode.goingAway, reason: "the gateway is shutting down; reconnect", within: .seconds(5))
+            notifications.cancel()
+            work.cancelAll()
+        }
+    }
+
+    private func logFailure(_ what: String, _ body: () async throws -> Void) async {
+        do { try await body() } catch {
+            if !Task.isCancelled { logger.error("the gateway's \(what) stopped", metadata: ["error": "\(error)"]) }
         }
     }
 

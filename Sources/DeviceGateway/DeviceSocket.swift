@@ -19,6 +19,8 @@ final class DeviceSocket: Sendable {
     let queue: FrameQueue
     /// Set once, by whoever decides the socket must close, with the code and reason.
     let closing = Handoff<(code: UInt16, reason: String)>()
+    /// Resolved once the hello authenticated the socket.
+    let greeted = Handoff<Void>()
     /// Whether the socket still counts as waiting for its hello, and the binding it holds.
     let lifecycle = Mutex<(helloPending: Bool, binding: AMQPBinding?)>((true, nil))
     private let identity = Mutex<Identity?>(nil)
@@ -89,15 +91,20 @@ final class DeviceSocket: Sendable {
 enum NotificationBody {
     struct Header: Decodable {
         struct Call: Decodable {
-            var session_id: UUID
+            var sessionID: UUID
             var sequence: Int
+
+            enum CodingKeys: String, CodingKey {
+                case sessionID = "session_id"
+                case sequence
+            }
         }
         var call: Call
     }
 
     static func header(_ body: Data) -> (UUID, Int)? {
         guard let header = try? JSONDecoder().decode(Header.self, from: body) else { return nil }
-        return (header.call.session_id, header.call.sequence)
+        return (header.call.sessionID, header.call.sequence)
     }
 
     /// `user.<uid>.<name>` → (uid, name).

@@ -96,7 +96,8 @@ public enum FrameParser {
             return .auth(authToken: token)
         case "request":
             guard case .string(let id)? = object["id"], (1...maximumIDLength).contains(id.count) else {
-                throw .close(code: CloseCode.protocolError, reason: "a request frame needs an id of 1 to \(maximumIDLength) characters")
+                throw .close(
+                    code: CloseCode.protocolError, reason: "a request frame needs an id of 1 to \(maximumIDLength) characters")
             }
             guard case .string(let request)? = object["request"] else {
                 throw .reply(id: id, .invalid("request", "request must name the request type, e.g. call.initiate"))

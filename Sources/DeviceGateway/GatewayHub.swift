@@ -34,7 +34,8 @@ public final class GatewayHub: Sendable {
     private let framesOut = Counter(label: "ringing_gateway_frames_total", dimensions: [("direction", "out")])
     private let deliveryLatency = Metrics.Timer(label: "ringing_gateway_notification_delivery_seconds")
 
-    init(configuration: GatewayConfiguration, forwarder: CommandForwarder, feed: AMQPConnection, auth: AuthTokens, logger: Logger) {
+    init(configuration: GatewayConfiguration, forwarder: CommandForwarder, feed: AMQPConnection, auth: AuthTokens, logger: Logger)
+    {
         self.configuration = configuration
         self.forwarder = forwarder
         self.feed = feed
@@ -61,7 +62,8 @@ public final class GatewayHub: Sendable {
     /// a fresh snapshot (a `welcome` again) and nothing published meanwhile is missed.
     func resnapshotAll() async {
         let sockets = state.withLock { Array($0.sockets.values) }.filter { $0.current != nil }
-        logger.notice("broker connection is back: sending every socket a fresh snapshot", metadata: ["sockets": "\(sockets.count)"])
+        logger.notice(
+            "broker connection is back: sending every socket a fresh snapshot", metadata: ["sockets": "\(sockets.count)"])
         await withDiscardingTaskGroup { group in
             for socket in sockets { group.addTask { await self.sendSnapshot(socket) } }
         }
@@ -130,9 +132,17 @@ public final class GatewayHub: Sendable {
             }
             // Timers: the hello deadline, then the token's expiry.
             group.addTask {
-                try? await Task.sleep(for: self.configuration.helloTimeout)
+                let greeted = await withTaskGroup(of: Bool.self) { race in
+                    race.addTask { await socket.greeted.wait() != nil }
+                    race.addTask {
+                        try? await Task.sleep(for: self.configuration.helloTimeout)
+                        return false
+                    }
+                    defer { race.cancelAll() }
+                    return await race.next() ?? false
+                }
                 guard !Task.isCancelled else { return }
-                if socket.current == nil {
+                if !greeted && socket.current == nil {
                     socket.close(CloseCode.protocolError, "no hello within \(self.configuration.helloTimeout)")
                     return
                 }
@@ -149,7 +159,9 @@ public final class GatewayHub: Sendable {
             socket.queue.finish()
             if code != CloseCode.normal || !reason.isEmpty {
                 count(close: code)
-                logger.debug("closing a socket", metadata: ["code": "\(code)", "reason": "\(reason)", "uid": "\(socket.current?.uid ?? "-")"])
+                logger.debug(
+                    "closing a socket",
+                    metadata: ["code": "\(code)", "reason": "\(reason)", "uid": "\(socket.current?.uid ?? "-")"])
                 // A device too slow to read may never take the close frame: give it a
                 // moment, then drop the connection.
                 await withTaskGroup(of: Void.self) { closer in
@@ -240,7 +252,9 @@ public final class GatewayHub: Sendable {
                                         ))))
                             continue
                         }
-                        requests.addTask { await self.forward(id: id, type: type, body: body, identity: identity, socket: socket) }
+                        requests.addTask {
+                            await self.forward(id: id, type: type, body: body, identity: identity, socket: socket)
+                        }
                     }
                 }
             } catch {
@@ -274,6 +288,7 @@ public final class GatewayHub: Sendable {
         }
         socket.snapshotRequested()
         socket.authenticated(.init(uid: user.uid, deviceID: device, token: token, expiresAt: user.expiresAt))
+        socket.greeted.resolve(())
         // Bind before the snapshot: a ring during the connect is in the snapshot, in a later
         // notification, or both, never in neither.
         let binding = AMQPBinding(
@@ -291,7 +306,9 @@ public final class GatewayHub: Sendable {
     func sendSnapshot(_ socket: DeviceSocket) async {
         socket.snapshotRequested()
         guard let identity = socket.current else { return }
-        let body = (try? GatewayRequests.forwardedBody(type: RequestType.live.rawValue, body: [:], authToken: identity.token, deviceID: identity.deviceID)) ?? Data()
+        let body =
+            (try? GatewayRequests.forwardedBody(
+                type: RequestType.live.rawValue, body: [:], authToken: identity.token, deviceID: identity.deviceID)) ?? Data()
         let reply = await forwarder.request(
             type: RequestType.live.rawValue, body: body, messageID: "live-\(UUID().uuidString.lowercased())")
         switch Snapshot.parse(reply) {
@@ -308,14 +325,17 @@ public final class GatewayHub: Sendable {
         }
     }
 
-    private func forward(id: String, type: String, body: JSONObject, identity: DeviceSocket.Identity, socket: DeviceSocket) async {
+    private func forward(id: String, type: String, body: JSONObject, identity: DeviceSocket.Identity, socket: DeviceSocket) async
+    {
         let started = ContinuousClock.now
         let token = socket.current?.token ?? identity.token
         let reply: String
         do {
-            let forwarded = try GatewayRequests.forwardedBody(type: type, body: body, authToken: token, deviceID: identity.deviceID)
+            let forwarded = try GatewayRequests.forwardedBody(
+                type: type, body: body, authToken: token, deviceID: identity.deviceID)
             let data = await forwarder.request(type: type, body: forwarded, messageID: id)
-            reply = fitted(ServerFrame.reply(id: id, replyJSON: String(decoding: data, as: UTF8.self)), id: id, type: type, data: data)
+            reply = fitted(
+                ServerFrame.reply(id: id, replyJSON: String(decoding: data, as: UTF8.self)), id: id, type: type, data: data)
         } catch {
             reply = ServerFrame.reply(id: id, error: error)
         }

@@ -11,12 +11,12 @@ import Metrics
 import PostgresClient
 import RingingAuth
 import RingingContract
-import RingingOperations
+public import RingingOperations
 import RingingService
 public import ServiceLifecycle
 import Synchronization
 
-public final class TokenService: Service, Sendable {
+public final class TokenService: ComposedService, Sendable {
     public let configuration: TokenServiceConfiguration
     public let issuer: CallTokenIssuer
     let logger: Logger
@@ -45,40 +45,40 @@ public final class TokenService: Service, Sendable {
 
     public var isReady: Bool { ready.load(ordering: .relaxed) }
 
+    /// The broker connections and the operations server, run beside the service.
+    public var dependencies: [any Service] {
+        [
+            Background("amqp publish") { await self.publisher.run() },
+            Background("amqp consume") { await self.consumerConnection.run() },
+        ]
+            + OperationsServer.dependency(
+                host: configuration.httpHost, port: configuration.httpPort, logger: logger
+            ) { await self.readiness() }
+    }
+
     public func run() async throws {
         if configuration.usesDevelopmentKey {
             logger.warning("RINGING_TOKEN_KEY is not set: signing with the development key, which every checkout has")
         }
-        try await withThrowingTaskGroup(of: Void.self) { connections in
-            connections.addTask { await self.publisher.run() }
-            connections.addTask { await self.consumerConnection.run() }
-            if configuration.httpPort > 0 {
-                let server = OperationsServer(host: configuration.httpHost, port: configuration.httpPort, logger: logger) {
-                    await self.readiness()
-                }
-                connections.addTask { await server.runLoggingFailure() }
+        try await publisher.awaitRingingTopology(logger: logger)
+        try await withThrowingTaskGroup(of: Void.self) { work in
+            var consumers: [AMQPConsumer] = []
+            for index in 0..<configuration.workers {
+                let consumer = try await consumerConnection.consume(
+                    queue: Topology.tokenServiceQueue, prefetch: UInt16(configuration.prefetch))
+                consumers.append(consumer)
+                work.addTask { try await self.work(consumer, worker: index) }
             }
-            defer { connections.cancelAll() }
-            try await publisher.awaitRingingTopology(logger: logger)
-            try await withThrowingTaskGroup(of: Void.self) { work in
-                var consumers: [AMQPConsumer] = []
-                for index in 0..<configuration.workers {
-                    let consumer = try await consumerConnection.consume(
-                        queue: Topology.tokenServiceQueue, prefetch: UInt16(configuration.prefetch))
-                    consumers.append(consumer)
-                    work.addTask { try await self.work(consumer, worker: index) }
-                }
-                ready.store(true, ordering: .relaxed)
-                logger.info(
-                    "token-service ready",
-                    metadata: ["workers": "\(configuration.workers)", "kid": "\(configuration.signingKey.kid)"])
-                try? await gracefulShutdown()
-                logger.info("token-service stopping: no new requests, finishing the ones in hand")
-                for consumer in consumers { consumer.cancel() }
-                try await work.waitForAll()
-            }
-            await pool.close()
+            ready.store(true, ordering: .relaxed)
+            logger.info(
+                "token-service ready",
+                metadata: ["workers": "\(configuration.workers)", "kid": "\(configuration.signingKey.kid)"])
+            try? await gracefulShutdown()
+            logger.info("token-service stopping: no new requests, finishing the ones in hand")
+            for consumer in consumers { consumer.cancel() }
+            try await work.waitForAll()
         }
+        await pool.close()
     }
 
     /// For /readyz: consumers started, both broker connections up, the database answering.

@@ -26,15 +26,8 @@ struct TokenServiceCommand: AsyncParsableCommand {
             RingingLogging.bootstrap(default: .info)
             let logger = Logger(label: "token-service")
             _ = RingingMetrics.registry  // swift-metrics reports to Prometheus (/metrics) from here on
-            do {
-                let service = try await TokenService(configuration: try TokenServiceConfiguration(), logger: logger)
-                let group = ServiceGroup(
-                    configuration: ServiceGroupConfiguration(
-                        services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-                try await group.run()
-            } catch {
-                logger.critical("token-service stopped: \(error)")
-                throw ExitCode.failure
+            await ServiceRunner.run("token-service", logger: logger) {
+                try await TokenService(configuration: try TokenServiceConfiguration(), logger: logger)
             }
         }
     }

@@ -166,7 +166,8 @@ import Testing
             try await s.expectEvent(.initiated, barrier.sessionID)
             try await bob.expect(.incomingCallReceived, barrier.sessionID)
             #expect(s.eventTypes(call.sessionID) == ["call.initiated", "call.accepted", "call.ended"])
-            #expect(bob.received(.incomingCallReceived, call.sessionID).count == 1, "rung once")
+            // At least once: a republish under load carries the same event_id, so count those.
+            #expect(Set(bob.received(.incomingCallReceived, call.sessionID).map(\.eventID)).count == 1, "rung once")
             // The key is (sub, message_id): another user's request with the same message_id
             // is a request of its own, not a repeat of alice's.
             let carol = try await s.party("carol")

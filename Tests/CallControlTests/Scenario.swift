@@ -71,8 +71,8 @@ struct Scenario: Sendable {
             // The services run in a ServiceGroup, as in production, and stop with a graceful
             // shutdown: what an instance committed is published before it goes, so that no test
             // waits for the outbox relay of another test's instance.
-            var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: service)]
-            if let tokenService { services.append(.init(service: tokenService)) }
+            var services = service.serviceGroupEntries
+            if let tokenService { services += tokenService.serviceGroupEntries }
             let serviceGroup = ServiceGroup(
                 configuration: ServiceGroupConfiguration(services: services, logger: quietLogger("scenario")))
             try await withThrowingTaskGroup(of: Void.self) { group in

@@ -56,6 +56,9 @@ struct Gateway: Sendable {
                 [
                     "RINGING_AMQP_URL": TestEnvironment.amqpURL(account: "device-gateway"),
                     "RINGING_GATEWAY_PORT": "0", "RINGING_HTTP_PORT": "0",
+                    // The parallel test pass starts dozens of services at once on two cores:
+                    // a reply may take longer than production's 10 s there.
+                    "RINGING_GATEWAY_REPLY_TIMEOUT_S": "60",
                     "RINGING_INSTANCE": TestEnvironment.uniqueName("gw-test"),
                 ].merging(extra) { $1 }))
     }
@@ -71,7 +74,7 @@ struct Gateway: Sendable {
 
     /// Runs `body` against a call-control instance and a gateway in this process.
     static func run(
-        _ extra: [String: String] = [:], limit: Duration = .seconds(150),
+        _ extra: [String: String] = [:], limit: Duration = .seconds(240),
         _ body: @escaping @Sendable (Gateway) async throws -> Void
     ) async throws {
         _ = RingingMetrics.registry
@@ -81,7 +84,7 @@ struct Gateway: Sendable {
         try await withDeadline(limit, "the gateway scenario") {
             let group = ServiceGroup(
                 configuration: ServiceGroupConfiguration(
-                    services: [.init(service: callControl), .init(service: gateway)], logger: quietLogger("gw-scenario")))
+                    services: callControl.serviceGroupEntries + gateway.serviceGroupEntries, logger: quietLogger("gw-scenario")))
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await group.run() }
                 defer { tasks.cancelAll() }
@@ -169,7 +172,7 @@ final class TestDevice: Sendable {
 
     /// The first frame received (at any time) that matches.
     func frame(_ matching: @escaping @Sendable (JSONObject) -> Bool) async throws -> JSONObject {
-        try await withDeadline(.seconds(30), "a frame on \(uid)'s socket") {
+        try await withDeadline(.seconds(90), "a frame on \(uid)'s socket") {
             var index = 0
             while true {
                 if let found = self.search(from: &index, matching) { return found }
@@ -183,7 +186,7 @@ final class TestDevice: Sendable {
 
     /// The next frame after the last one `next` returned that matches.
     func next(_ matching: @escaping @Sendable (JSONObject) -> Bool) async throws -> JSONObject {
-        try await withDeadline(.seconds(30), "the next frame on \(uid)'s socket") {
+        try await withDeadline(.seconds(90), "the next frame on \(uid)'s socket") {
             while true {
                 var index = self.cursor.withLock { $0 }
                 if let found = self.search(from: &index, matching) {

@@ -81,11 +81,15 @@ extension Gateway {
             #expect(missing.status == 404)
             let active = try await g.http("GET", "/v1/calls/active", token: alice.token)
             #expect(active.body.at("call", "session_id") == .string(session))
-            let ended = try await g.http("POST", "/v1/calls/\(session)/end", token: alice.token, idempotencyKey: UUID().uuidString)
+            let ended = try await g.http(
+                "POST", "/v1/calls/\(session)/end", token: alice.token, idempotencyKey: UUID().uuidString)
             #expect(ended.body.at("call", "status") == "ended")
             let history = try await g.http("GET", "/v1/calls?limit=1&direction=incoming", token: bob.token)
             #expect(history.status == 200)
-            guard case .array(let calls)? = history.body["calls"] else { Issue.record("history: \(history.body)"); return }
+            guard case .array(let calls)? = history.body["calls"] else {
+                Issue.record("history: \(history.body)")
+                return
+            }
             #expect(calls.count == 1)
             let badLimit = try await g.http("GET", "/v1/calls?limit=many", token: bob.token)
             #expect(badLimit.status == 400)
@@ -140,7 +144,8 @@ extension Gateway {
             }
             await refused("publishing a routing key outside call/group/token/device") {
                 try await app.publish(
-                    AMQPMessage(exchange: Topology.commandsExchange, routingKey: "user.bob.x", body: Data("{}".utf8), mandatory: false))
+                    AMQPMessage(
+                        exchange: Topology.commandsExchange, routingKey: "user.bob.x", body: Data("{}".utf8), mandatory: false))
             }
             // What it may do: publish a request.
             try await app.publish(

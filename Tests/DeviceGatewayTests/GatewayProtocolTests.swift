@@ -17,7 +17,9 @@ import Testing
     }
 
     @Test func framesParseAndBadOnesSayWhatIsWrong() throws {
-        #expect(try FrameParser.parse(#"{"type":"hello","auth_token":"t","device_id":"d1"}"#) == .hello(authToken: "t", deviceID: "d1"))
+        #expect(
+            try FrameParser.parse(#"{"type":"hello","auth_token":"t","device_id":"d1"}"#)
+                == .hello(authToken: "t", deviceID: "d1"))
         #expect(try FrameParser.parse(#"{"type":"hello","auth_token":"t"}"#) == .hello(authToken: "t", deviceID: nil))
         #expect(try FrameParser.parse(#"{"type":"auth","auth_token":"u"}"#) == .auth(authToken: "u"))
         #expect(
@@ -33,7 +35,10 @@ import Testing
             _ = try FrameParser.parse(#"{"type":"request","id":"9","request":"group.set_members","body":{}}"#)
             Issue.record("group.set_members is HTTP only")
         } catch {
-            guard case .reply(let id, let callError) = error else { Issue.record("expected a reply"); return }
+            guard case .reply(let id, let callError) = error else {
+                Issue.record("expected a reply")
+                return
+            }
             #expect(id == "9")
             #expect(callError.field == "request")
         }
@@ -41,7 +46,10 @@ import Testing
             _ = try FrameParser.parse(#"{"type":"request","id":"9","request":"call.active","body":[]}"#)
             Issue.record("a body that is not an object is refused")
         } catch {
-            guard case .reply(_, let callError) = error else { Issue.record("expected a reply"); return }
+            guard case .reply(_, let callError) = error else {
+                Issue.record("expected a reply")
+                return
+            }
             #expect(callError.field == "body")
         }
     }
@@ -54,7 +62,8 @@ import Testing
         #expect(object["device_id"] == "phone")
         let get = try JSONDecoder().decode(
             JSONObject.self,
-            from: try GatewayRequests.forwardedBody(type: "call.get", body: ["session_id": "x"], authToken: "tok", deviceID: "phone"))
+            from: try GatewayRequests.forwardedBody(
+                type: "call.get", body: ["session_id": "x"], authToken: "tok", deviceID: "phone"))
         #expect(get["device_id"] == nil, "call.get takes no device_id")
         #expect(throws: CallError.self) {
             try GatewayRequests.forwardedBody(type: "call.get", body: ["auth_token": "mine"], authToken: "tok", deviceID: "d")
@@ -65,13 +74,19 @@ import Testing
         var registry = SocketRegistry(limits: .init(socketsPerUser: 2, awaitingHello: 2))
         #expect(registry.accept() == .admitted)
         #expect(registry.accept() == .admitted)
-        guard case .refused(let code, _) = registry.accept() else { Issue.record("a third waiting socket"); return }
+        guard case .refused(let code, _) = registry.accept() else {
+            Issue.record("a third waiting socket")
+            return
+        }
         #expect(code == 1013)
         registry.helloEnded()
         #expect(registry.accept() == .admitted)
         #expect(registry.open(1, uid: "a") == .admitted)
         #expect(registry.open(2, uid: "a") == .admitted)
-        guard case .refused(let tooMany, let reason) = registry.open(3, uid: "a") else { Issue.record("a third socket"); return }
+        guard case .refused(let tooMany, let reason) = registry.open(3, uid: "a") else {
+            Issue.record("a third socket")
+            return
+        }
         #expect(tooMany == 1013)
         #expect(reason.contains("'a'"))
         #expect(registry.open(3, uid: "b") == .admitted)

@@ -42,8 +42,14 @@ import Testing
             #expect(ended.at("call", "status") == "ended")
             _ = try await bobPhone.frame { $0["name"] == "call.ended" && $0.sessionID == session }
             let history = try await bobLaptop.request("call.history", ["limit": 5])
-            guard case .array(let calls)? = history["calls"] else { Issue.record("history: \(history)"); return }
-            #expect(calls.contains { if case .object(let c) = $0 { return c["session_id"] == .string(session) } else { return false } })
+            guard case .array(let calls)? = history["calls"] else {
+                Issue.record("history: \(history)")
+                return
+            }
+            #expect(
+                calls.contains {
+                    if case .object(let c) = $0 { return c["session_id"] == .string(session) } else { return false }
+                })
         }
     }
 
@@ -74,7 +80,9 @@ import Testing
     /// DESIGN §7's order guarantee: a ring that happens while a device connects is in the
     /// snapshot, in a later notification, or both, and never in neither. Many times over.
     @Test func aRingDuringTheConnectIsNeverLost() async throws {
-        try await Gateway.run(["RINGING_GATEWAY_REQUESTS_PER_S": "1000", "RINGING_GATEWAY_REQUEST_BURST": "1000"], limit: .seconds(240)) { g in
+        try await Gateway.run(
+            ["RINGING_GATEWAY_REQUESTS_PER_S": "1000", "RINGING_GATEWAY_REQUEST_BURST": "1000"], limit: .seconds(240)
+        ) { g in
             let alice = try await g.device("alice")
             for round in 0..<40 {
                 let bob = try await g.user("bob\(round)")
@@ -85,7 +93,9 @@ import Testing
                 let welcome = try await device.frame { $0["type"] == "welcome" }
                 let inSnapshot: Bool = {
                     guard case .array(let calls)? = welcome["calls"] else { return false }
-                    return calls.contains { if case .object(let c) = $0 { return c["session_id"] == .string(session) } else { return false } }
+                    return calls.contains {
+                        if case .object(let c) = $0 { return c["session_id"] == .string(session) } else { return false }
+                    }
                 }()
                 if !inSnapshot {
                     _ = try await device.frame { $0["name"] == "incoming_call.received" && $0.sessionID == session }
@@ -144,7 +154,8 @@ import Testing
             try await AMQPConnection.withConnection(configuration: configuration) { admin in
                 var properties = AMQPProperties(contentType: "application/json", messageID: "forged")
                 properties.userID = "admin"
-                let forged = #"{"event_id":"00000000-0000-0000-0000-000000000001","type":"incoming_call.received","occurred_at":"2026-01-01T00:00:00Z","sequence":1,"recipient":"\#(bob.uid)","call":{"session_id":"00000000-0000-0000-0000-000000000002","sequence":1}}"#
+                let forged =
+                    #"{"event_id":"00000000-0000-0000-0000-000000000001","type":"incoming_call.received","occurred_at":"2026-01-01T00:00:00Z","sequence":1,"recipient":"\#(bob.uid)","call":{"session_id":"00000000-0000-0000-0000-000000000002","sequence":1}}"#
                 try await admin.publish(
                     AMQPMessage(
                         exchange: Topology.notificationsExchange, routingKey: "user.\(bob.uid).incoming_call.received",
@@ -199,7 +210,8 @@ import Testing
             #expect(unknown.at("error", "field") == "request")
             let ownToken = try await second.request("call.active", ["auth_token": .string(user.token)])
             #expect(ownToken.at("error", "field") == "auth_token")
-            let badBody = try await second.request("call.initiate", ["receiver_id": "no spaces allowed", "receiver_type": "user", "call_type": "audio"])
+            let badBody = try await second.request(
+                "call.initiate", ["receiver_id": "no spaces allowed", "receiver_type": "user", "call_type": "audio"])
             #expect(badBody.at("error", "field") == "receiver_id")
 
             // A third socket of the same user is one too many (limit 2 here).
@@ -215,15 +227,15 @@ import Testing
     @Test func aFloodOfRequestsIsRateLimitedAndTheSocketStaysOpen() async throws {
         try await Gateway.run(["RINGING_GATEWAY_REQUESTS_PER_S": "1", "RINGING_GATEWAY_REQUEST_BURST": "5"]) { g in
             let device = try await g.device("flood")
-            let ids = (0..<20).map { "flood-\($0)" }
+            let ids = (0..<50).map { "flood-\($0)" }
             for id in ids { device.send(["type": "request", "id": .string(id), "request": "call.active", "body": .object([:])]) }
-            var limited = 0
-            for id in ids {
+            var limited: [Int] = []
+            for (index, id) in ids.enumerated() {
                 let reply = try await device.frame { $0["type"] == "reply" && $0["id"] == .string(id) }
-                if reply.at("reply", "error", "code") == "rate_limited" { limited += 1 }
+                if reply.at("reply", "error", "code") == "rate_limited" { limited.append(index) }
             }
-            #expect(limited >= 14, "a burst of 5 then about one a second")
-            #expect(limited < 20)
+            #expect(limited.allSatisfy { $0 >= 5 }, "the first five are the burst")
+            #expect(!limited.isEmpty, "fifty requests at once exceed one a second with bursts of five")
             #expect(!device.isClosed)
         }
     }
@@ -231,7 +243,7 @@ import Testing
     @Test func anExpiredTokenClosesTheSocket() async throws {
         try await Gateway.run { g in
             let uid = TestEnvironment.uniqueName("brief")
-            let token = try await g.auth.mint(uid: uid, lifetime: .seconds(2))
+            let token = try await g.auth.mint(uid: uid, lifetime: .seconds(8))
             let device = try await TestDevice.connect(g.wsURL, uid: uid)
             try await device.hello(token: token)
             let closed = try await device.closed()
