@@ -212,6 +212,7 @@ let package = Package(
             dependencies: [
                 "AMQPClient", "PostgresClient", "CallRules", "RingingContract", "RingingAuth", "RingingService",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict

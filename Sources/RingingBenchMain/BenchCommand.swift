@@ -18,7 +18,7 @@ struct BenchCommand: AsyncParsableCommand {
             Ringing as fast as it answers, and Ringing at a fixed offered rate. Needs call-control and \
             token-service running (scripts/up) with the same RINGING_AUTH_SECRET.
             """,
-        subcommands: [Run.self, FloorWorkerCommand.self],
+        subcommands: [Run.self, GatewayPhase.self, FloorWorkerCommand.self],
         defaultSubcommand: Run.self)
 }
 
@@ -119,6 +119,75 @@ struct Run: AsyncParsableCommand {
             }
         } catch {
             FileHandle.standardError.write(Data("ringing-bench: \(error)\n".utf8))
+            throw ExitCode.failure
+        }
+    }
+}
+
+/// The gateway phase: idle sockets held by one gateway, and rings through it beside rings over AMQP.
+struct GatewayPhase: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gateway",
+        abstract: "Hold idle WebSockets on one gateway and ring through it, beside the same rings over AMQP.",
+        discussion: """
+            Needs the stack with a gateway (scripts/up). Each socket is a file descriptor in this process and \
+            in the gateway: raise `ulimit -n` above --sockets for both (scripts/bench does).
+            """)
+
+    @Option(help: "The gateway's WebSocket URL.")
+    var url = "ws://127.0.0.1:8080/v1/ws"
+
+    @Option(help: "Idle sockets to hold.")
+    var sockets = 10_000
+
+    @Option(help: "Caller/receiver pairs ringing.")
+    var pairs = 200
+
+    @Option(help: "Rings per second, each way.")
+    var rate = 200.0
+
+    @Option(help: "Measured seconds of ringing, each way.")
+    var duration = 20
+
+    @Option(name: .customLong("gateway-pid"), help: "The gateway's process id, for its resident memory per socket.")
+    var gatewayPID: Int32?
+
+    @Option(help: "Also write the report as JSON to this file.")
+    var json: String?
+
+    func validate() throws {
+        guard (0...1_000_000).contains(sockets) else { throw ValidationError("--sockets must be from 0 to 1000000") }
+        guard (1...10_000).contains(pairs) else { throw ValidationError("--pairs must be from 1 to 10000") }
+        guard rate > 0 else { throw ValidationError("--rate must be above 0 rings/s") }
+        guard duration >= 1 else { throw ValidationError("--duration must be at least 1 second") }
+    }
+
+    func run() async throws {
+        RingingLogging.bootstrap(default: .error)
+        var configuration = GatewayBenchConfiguration()
+        configuration.gatewayURL = url
+        configuration.idleSockets = sockets
+        configuration.pairs = pairs
+        configuration.ringsPerSecond = rate
+        configuration.durationSeconds = duration
+        configuration.gatewayPID = gatewayPID
+        let environment = Environment()
+        do {
+            let bench = try await GatewayBench(
+                configuration: configuration, amqp: try environment.amqpURL(account: "admin"),
+                authSecret: environment.string("RINGING_AUTH_SECRET", default: AuthTokens.developmentSecret),
+                logger: Logger(label: "ringing-bench"),
+                progress: { line in FileHandle.standardError.write(Data((line + "\n").utf8)) })
+            let report = try await bench.run()
+            print(report.text)
+            if let json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                try encoder.encode(report).write(to: URL(fileURLWithPath: json))
+                FileHandle.standardError.write(Data("report written to \(json)\n".utf8))
+            }
+        } catch {
+            FileHandle.standardError.write(Data("ringing-bench gateway: \(error)\n".utf8))
             throw ExitCode.failure
         }
     }
