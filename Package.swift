@@ -244,7 +244,7 @@ let package = Package(
             name: "DeviceGatewayTests",
             dependencies: [
                 "DeviceGateway", "CallControl", "CallRules", "RingingContract", "RingingAuth", "RingingService", "AMQPClient",
-                "RingingOperations",
+                "RingingOperations", "LoadGenerator",
                 "TestSupport",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),

@@ -52,6 +52,8 @@ public struct GatewayBenchReport: Codable, Sendable {
     public var ringsGateway: Int
     public var ringsAMQP: Int
     public var skippedRings: Int
+    /// Notifications that came again (delivery is at least once); not counted as rings.
+    public var duplicateNotifications: Int
     public var errors: [String: Int]
 
     enum CodingKeys: String, CodingKey {
@@ -66,6 +68,7 @@ public struct GatewayBenchReport: Codable, Sendable {
         case ringsGateway = "rings_gateway"
         case ringsAMQP = "rings_amqp"
         case skippedRings = "skipped_rings"
+        case duplicateNotifications = "duplicate_notifications"
         case errors
     }
 
@@ -86,6 +89,9 @@ public struct GatewayBenchReport: Codable, Sendable {
             "    the gateway hop adds: p50 \(hopAddedP50) ms (target ≤ 2: \(hopAddedP50 <= 2 ? "met" : "missed")), p99 \(hopAddedP99) ms (target ≤ 10: \(hopAddedP99 <= 10 ? "met" : "missed"))",
         ]
         if skippedRings > 0 { lines.append("  rings skipped (no free pair at their tick): \(skippedRings)") }
+        if duplicateNotifications > 0 {
+            lines.append("  notifications delivered twice (at least once; devices deduplicate): \(duplicateNotifications)")
+        }
         if !errors.isEmpty {
             lines.append("  errors: " + errors.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         }
@@ -126,6 +132,7 @@ public final class GatewayBench: Sendable {
             lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
         var errors: [String: Int] = [:]
         var skipped = 0
+        var duplicates = 0
     }
 
     private let tally = Mutex(Tally())
@@ -187,7 +194,9 @@ public final class GatewayBench: Sendable {
                 configuration: configuration, socketsHeld: socketsHeld, connectSeconds: connectSeconds,
                 gatewayRSSBeforeKiB: before, gatewayRSSHeldKiB: held, rssPerIdleSocketKiB: perSocket,
                 timeToRingGateway: LatencySummary(result.gateway), timeToRingAMQP: LatencySummary(result.amqp),
-                ringsGateway: gatewayRings, ringsAMQP: amqpRings, skippedRings: result.skipped, errors: result.errors)
+                ringsGateway: gatewayRings, ringsAMQP: amqpRings, skippedRings: result.skipped,
+                duplicateNotifications: result.duplicates,
+                errors: result.errors)
         }
     }
 
@@ -229,7 +238,9 @@ public final class GatewayBench: Sendable {
                 let receiver = BenchSocket(uid: "gwbench-\(runID)-r\(pair)")
                 for socket in [caller, receiver] {
                     let token = try await auth.mint(uid: socket.uid)
-                    group.addTask { await sockets.hold(self.configuration.gatewayURL, token: token, socket: socket, onError: self.error) }
+                    group.addTask {
+                        await sockets.hold(self.configuration.gatewayURL, token: token, socket: socket, onError: self.error)
+                    }
                 }
                 callers.append(caller)
                 receivers.append(receiver)
@@ -247,6 +258,15 @@ public final class GatewayBench: Sendable {
                 self.tally.withLock { _ = $0.gateway.record(Self.microseconds(ring.at - sent)) }
                 receiver.request("call.reject", ["session_id": .string(ring.sessionID), "status": "rejected"])
                 if await rejected.wait(timeout: .seconds(10)) == nil { self.error("gateway: no rejection in 10 s") }
+            }
+            let duplicates = (c + r).map(\.waiters.duplicates).reduce(0, +)
+            tally.withLock { tally in
+                tally.duplicates += duplicates
+                for socket in c + r {
+                    for (code, count) in socket.failedReplies.withLock({ $0 }) {
+                        tally.errors["gateway: reply \(code)", default: 0] += count
+                    }
+                }
             }
             sockets.release()
             group.cancelAll()
@@ -289,13 +309,15 @@ public final class GatewayBench: Sendable {
                         properties: AMQPProperties(contentType: "application/json", messageID: UUID().uuidString))
                     do { try await connection.publish(message) } catch { self.error("amqp: publish \(type) failed") }
                 }
+                defer { self.tally.withLock { $0.duplicates += waiters.duplicates } }
                 return await atRate { pair in
                     let (caller, receiver) = (callers[pair], receivers[pair])
                     let rung = waiters.expect(uid: receiver, "incoming_call.received")
                     let rejected = waiters.expect(uid: caller, "outgoing_call.rejected")
                     let sent = ContinuousClock.now
                     await publish(
-                        "call.initiate", as: caller, ["receiver_id": .string(receiver), "receiver_type": "user", "call_type": "audio"])
+                        "call.initiate", as: caller,
+                        ["receiver_id": .string(receiver), "receiver_type": "user", "call_type": "audio"])
                     guard let ring = await rung.wait(timeout: .seconds(10)) else { return self.error("amqp: no ring in 10 s") }
                     self.tally.withLock { _ = $0.amqp.record(Self.microseconds(ring.at - sent)) }
                     await publish("call.reject", as: receiver, ["session_id": .string(ring.sessionID), "status": "rejected"])
@@ -306,15 +328,16 @@ public final class GatewayBench: Sendable {
     }
 }
 
-/// The pairs not ringing right now.
+/// The pairs not ringing right now, taken in turn (least recently used first), so that each
+/// socket sends a few requests a second, as a phone does, and none hits the gateway's rate limit.
 final class FreePairs: Sendable {
-    private let pairs: Mutex<Set<Int>>
+    private let pairs: Mutex<[Int]>
 
-    init(count: Int) { pairs = Mutex(Set(0..<count)) }
+    init(count: Int) { pairs = Mutex(Array(0..<count)) }
 
-    func take() -> Int? { pairs.withLock { $0.popFirst() } }
+    func take() -> Int? { pairs.withLock { $0.isEmpty ? nil : $0.removeFirst() } }
 
-    func give(back pair: Int) { pairs.withLock { _ = $0.insert(pair) } }
+    func give(back pair: Int) { pairs.withLock { $0.append(pair) } }
 }
 
 /// A notification someone waits for: when it came and for which call.
@@ -369,13 +392,23 @@ final class ExpectedNotification: Sendable {
     }
 }
 
-/// Expected notifications by (user, name), fulfilled from a broker or a socket.
+/// Expected notifications by (user, name), fulfilled from a broker or a socket. Delivery is
+/// at least once: a repeat of a notification already seen (same user, name and call) is
+/// counted and never taken for the next call's.
 final class NotificationWaiters: Sendable {
-    private let expected = Mutex<[String: ExpectedNotification]>([:])
+    private struct State {
+        var expected: [String: ExpectedNotification] = [:]
+        var seen: Set<String> = []
+        var duplicates = 0
+    }
+
+    private let state = Mutex(State())
+
+    var duplicates: Int { state.withLock { $0.duplicates } }
 
     func expect(uid: String, _ name: String) -> ExpectedNotification {
         let expectation = ExpectedNotification()
-        expected.withLock { $0["\(uid) \(name)"] = expectation }
+        state.withLock { $0.expected["\(uid) \(name)"] = expectation }
         return expectation
     }
 
@@ -386,13 +419,19 @@ final class NotificationWaiters: Sendable {
     }
 
     func deliver(uid: String, name: String, body: Data, at: ContinuousClock.Instant) {
-        guard let expectation = expected.withLock({ $0.removeValue(forKey: "\(uid) \(name)") }) else { return }
         struct Header: Decodable {
             struct Call: Decodable { var session_id: String }  // swift-format-ignore: AlwaysUseLowerCamelCase
             var call: Call
         }
         let session = (try? JSONDecoder().decode(Header.self, from: body))?.call.session_id ?? ""
-        expectation.fulfil(RingArrival(at: at, sessionID: session))
+        let expectation = state.withLock { state -> ExpectedNotification? in
+            guard state.seen.insert("\(uid) \(name) \(session)").inserted else {
+                state.duplicates += 1
+                return nil
+            }
+            return state.expected.removeValue(forKey: "\(uid) \(name)")
+        }
+        expectation?.fulfil(RingArrival(at: at, sessionID: session))
     }
 }
 
@@ -402,6 +441,7 @@ final class BenchSocket: Sendable {
     let waiters = NotificationWaiters()
     let outgoing: (stream: AsyncStream<String>, continuation: AsyncStream<String>.Continuation)
     let welcomed = Atomic<Bool>(false)
+    let failedReplies = Mutex<[String: Int]>([:])
     private let counter = Mutex(0)
 
     init(uid: String) {
@@ -416,12 +456,19 @@ final class BenchSocket: Sendable {
             count += 1
             return count
         }
-        let frame: JSONObject = ["type": "request", "id": .string("\(uid)-\(id)"), "request": .string(type), "body": .object(body)]
+        let frame: JSONObject = [
+            "type": "request", "id": .string("\(uid)-\(id)"), "request": .string(type), "body": .object(body),
+        ]
         outgoing.continuation.yield(String(decoding: (try? JSONEncoder().encode(frame)) ?? Data(), as: UTF8.self))
     }
 
     /// A frame from the gateway: notifications go to their waiters.
     func received(_ text: String, at: ContinuousClock.Instant) {
+        if text.hasPrefix(#"{"type":"reply""#), text.contains(#""ok":false"#) {
+            let code = text.range(of: #""code":""#).map { text[$0.upperBound...].prefix { $0 != "\"" } } ?? "?"
+            failedReplies.withLock { $0[String(code), default: 0] += 1 }
+            return
+        }
         guard text.hasPrefix(#"{"type":"notification""#) else { return }
         guard let data = text.data(using: .utf8),
             let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],

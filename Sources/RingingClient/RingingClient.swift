@@ -413,6 +413,13 @@ public final class RingingClient: Sendable {
     // MARK: - Notifications
 
     private func receiveNotification(_ delivery: AMQPDelivery) {
+        // Only call-control makes a device ring (DESIGN §9): the broker vouches for user_id.
+        guard delivery.properties.userID == Topology.publisherAccount else {
+            logger.warning(
+                "ignoring a notification not published by call-control",
+                metadata: ["user_id": "\(delivery.properties.userID ?? "none")", "routing_key": "\(delivery.routingKey)"])
+            return
+        }
         guard let event = try? WireTime.decoder.decode(WireEvent.self, from: delivery.body),
             let name = NotificationName(rawValue: event.type)
         else {

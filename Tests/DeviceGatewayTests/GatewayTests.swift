@@ -4,6 +4,8 @@ import AMQPClient
 import CallRules
 import DeviceGateway
 import Foundation
+import LoadGenerator
+import RingingAuth
 import RingingContract
 import TestSupport
 import Testing
@@ -266,5 +268,31 @@ extension GatewayTests {
             "call.initiate", ["receiver_id": .string(to.uid), "receiver_type": "user", "call_type": "audio"])
         guard case .string(let id)? = reply.at("call", "session_id") else { throw TimedOut(what: "a call: \(reply)") }
         return id
+    }
+}
+
+@Suite struct GatewayBenchSmokeTests {
+    /// The benchmark's gateway phase end to end, briefly: sockets held, rings both ways, every
+    /// figure present and no errors. Speed is the benchmark's business, not this test's.
+    @Test func theGatewayPhaseHoldsItsSocketsAndRingsBothWays() async throws {
+        try await Gateway.run { g in
+            var configuration = GatewayBenchConfiguration()
+            configuration.gatewayURL = g.wsURL
+            configuration.idleSockets = 60
+            configuration.pairs = 4
+            configuration.ringsPerSecond = 8
+            configuration.durationSeconds = 1
+            configuration.gatewayPID = ProcessInfo.processInfo.processIdentifier
+            let bench = try await GatewayBench(
+                configuration: configuration, amqp: try AMQPURL(TestEnvironment.amqpURL),
+                authSecret: AuthTokens.developmentSecret, logger: quietLogger("gateway-bench"), progress: { _ in })
+            let report = try await bench.run()
+            #expect(report.socketsHeld == 60)
+            #expect(report.errors.isEmpty, "\(report.errors)")
+            #expect(report.ringsGateway > 0 && report.timeToRingGateway.count == UInt64(report.ringsGateway))
+            #expect(report.ringsAMQP > 0 && report.timeToRingAMQP.count == UInt64(report.ringsAMQP))
+            #expect(report.gatewayRSSHeldKiB != nil)
+            #expect(report.text.contains("the gateway hop adds"))
+        }
     }
 }
