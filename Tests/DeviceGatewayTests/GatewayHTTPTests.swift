@@ -4,6 +4,7 @@ import CallRules
 import DeviceGateway
 import Foundation
 import RingingContract
+import RingingService
 import TestSupport
 import Testing
 
@@ -115,6 +116,13 @@ extension Gateway {
     /// DESIGN §9: the outside `app` account can send requests, but cannot listen to
     /// notifications, forge events or notifications, or take call-control's commands.
     @Test func theAppAccountIsRefusedWhatIsNotItsOwn() async throws {
+        // The topology must exist for the refusals to be about permissions (on a fresh broker
+        // this test may run before any call-control has declared it).
+        var admin = AMQPConfiguration(url: try AMQPURL(TestEnvironment.amqpURL), connectionName: "topology")
+        admin.operationTimeout = .seconds(20)
+        try await AMQPConnection.withConnection(configuration: admin) { connection in
+            try await connection.declare(RingingTopology.declaration, remember: false)
+        }
         var configuration = AMQPConfiguration(url: try AMQPURL(TestEnvironment.amqpURL(account: "app")), connectionName: "app")
         configuration.operationTimeout = .seconds(20)
         try await AMQPConnection.withConnection(configuration: configuration) { app in
