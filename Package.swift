@@ -163,6 +163,7 @@ let package = Package(
             name: "DeviceGateway",
             dependencies: [
                 "AMQPClient", "CallRules", "RingingContract", "RingingAuth", "RingingService", "RingingOperations",
+                "DedicatedThreads",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "NIOCore", package: "swift-nio"),

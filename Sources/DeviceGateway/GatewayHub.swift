@@ -3,6 +3,7 @@
 // refresh, delivery of notifications, and closing with the codes of DESIGN §7.
 import AMQPClient
 import CallRules
+import DedicatedThreads
 import Foundation
 import HummingbirdWebSocket
 import Logging
@@ -309,18 +310,30 @@ public final class GatewayHub: Sendable {
         let body =
             (try? GatewayRequests.forwardedBody(
                 type: RequestType.live.rawValue, body: [:], authToken: identity.token, deviceID: identity.deviceID)) ?? Data()
-        let reply = await forwarder.request(
-            type: RequestType.live.rawValue, body: body, messageID: "live-\(UUID().uuidString.lowercased())")
-        switch Snapshot.parse(reply) {
-        case .success(let snapshot):
-            socket.welcome(
-                ServerFrame.welcome(uid: identity.uid, deviceID: identity.deviceID, callsJSON: snapshot.callsJSON),
-                snapshot: snapshot.sequences)
-        case .failure(let error):
-            if error.code == .unauthenticated {
+        // A transient failure (the broker between connections, no consumer bound yet) is
+        // retried a few times before the device is told to come back later.
+        var backoff = Backoff(initial: .milliseconds(200), maximum: .seconds(2))
+        for attempt in 1...4 {
+            let reply = await forwarder.request(
+                type: RequestType.live.rawValue, body: body, messageID: "live-\(UUID().uuidString.lowercased())")
+            switch Snapshot.parse(reply) {
+            case .success(let snapshot):
+                socket.welcome(
+                    ServerFrame.welcome(uid: identity.uid, deviceID: identity.deviceID, callsJSON: snapshot.callsJSON),
+                    snapshot: snapshot.sequences)
+                return
+            case .failure(let error) where error.code == .unauthenticated:
                 socket.close(CloseCode.unauthenticated, error.message)
-            } else {
-                socket.close(CloseCode.tryAgainLater, "no snapshot: \(error.message); reconnect shortly")
+                return
+            case .failure(let error):
+                logger.warning(
+                    "no snapshot for a socket",
+                    metadata: ["uid": "\(identity.uid)", "attempt": "\(attempt)", "error": "\(error.message)"])
+                guard attempt < 4, !Task.isCancelled else {
+                    socket.close(CloseCode.tryAgainLater, "no snapshot: \(error.message); reconnect shortly")
+                    return
+                }
+                try? await Task.sleep(for: backoff.next())
             }
         }
     }

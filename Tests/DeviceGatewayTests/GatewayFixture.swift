@@ -194,7 +194,9 @@ final class TestDevice: Sendable {
                     return found
                 }
                 self.cursor.withLock { $0 = index }
-                if self.isClosed { throw TimedOut(what: "a frame: the socket closed (\(self.closeCode ?? -1))") }
+                if self.isClosed {
+                    throw TimedOut(what: "a frame: the socket closed (\(self.closeCode ?? -1) \(self.closeReason ?? ""))")
+                }
                 await self.waitForFrame(after: index)
             }
         }
