@@ -2,7 +2,7 @@
 // server frames encoded. Pure: no I/O.
 public import CallRules
 public import Foundation
-import RingingContract
+public import RingingContract
 
 /// A frame a device sends.
 public enum ClientFrame: Sendable, Equatable {
@@ -73,6 +73,15 @@ public enum FrameParser {
         }
         guard case .string(let type)? = object["type"] else {
             throw .close(code: CloseCode.protocolError, reason: "the frame has no string 'type'")
+        }
+        if let key = DuplicateKeys.first(in: Data(text.utf8)) {
+            // A request is answered (its body would otherwise lose one of the values
+            // silently); any other frame is a protocol error.
+            if type == "request", case .string(let id)? = object["id"], (1...maximumIDLength).contains(id.count) {
+                throw .reply(
+                    id: id, .invalid(key, "the frame has the key '\(key.prefix(80))' more than once; say each field once"))
+            }
+            throw .close(code: CloseCode.protocolError, reason: "the frame has the key '\(key.prefix(40))' more than once")
         }
         switch type {
         case "hello":

@@ -148,6 +148,9 @@ enum HTTPAPI {
                 guard case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(buffer: buffer)) else {
                     return error(.invalid("body", "the body must be a JSON object"))
                 }
+                if let key = DuplicateKeys.first(in: Data(buffer: buffer)) {
+                    return error(.invalid(key, "the body has the key '\(key.prefix(80))' more than once; say each field once"))
+                }
                 body = object
             }
         }

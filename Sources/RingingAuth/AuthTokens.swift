@@ -23,11 +23,14 @@ public struct AuthenticatedUser: Sendable, Hashable {
 struct AuthClaims: JWTPayload {
     var sub: SubjectClaim
     var exp: ExpirationClaim
+    var nbf: NotBeforeClaim?
     var iat: IssuedAtClaim?
     var role: String?
 
+    /// `exp` and `nbf` with the same (no) leeway: a token is valid only between the two.
     func verify(using algorithm: some JWTAlgorithm) async throws {
         try exp.verifyNotExpired()
+        try nbf?.verifyNotBefore()
     }
 }
 
@@ -72,18 +75,24 @@ public final class AuthTokens: Sendable {
 
     /// A token for `uid`, valid for `lifetime` (development and tests; production tokens come
     /// from the deployment's own identity service, signed with the same secret).
-    public func mint(uid: String, lifetime: Duration = .seconds(24 * 3600), service: Bool = false, now: Date = Date())
-        async throws -> String
-    {
+    public func mint(
+        uid: String, lifetime: Duration = .seconds(24 * 3600), service: Bool = false, now: Date = Date(),
+        notBefore: Date? = nil
+    ) async throws -> String {
         let seconds = Double(lifetime.components.seconds)
         let claims = AuthClaims(
             sub: SubjectClaim(value: uid), exp: ExpirationClaim(value: now.addingTimeInterval(seconds)),
-            iat: IssuedAtClaim(value: now), role: service ? "service" : nil)
+            nbf: notBefore.map(NotBeforeClaim.init(value:)), iat: IssuedAtClaim(value: now), role: service ? "service" : nil)
         return try await keys.sign(claims)
     }
 
     private static func reason(_ error: any Error) -> String {
         let text = "\(error)"
+        if text.localizedCaseInsensitiveContains("not before") || text.localizedCaseInsensitiveContains("nbf")
+            || text.localizedCaseInsensitiveContains("too soon")
+        {
+            return "the token is not valid yet (nbf)"
+        }
         if text.localizedCaseInsensitiveContains("expired") || text.contains("exp") { return "the token has expired" }
         if text.localizedCaseInsensitiveContains("signature") { return "the signature does not verify" }
         if text.localizedCaseInsensitiveContains("none") || text.localizedCaseInsensitiveContains("algorithm") {

@@ -133,6 +133,9 @@ public enum RequestParser {
         guard case .object(let object) = json else {
             throw CallError(.invalidRequest, "the body must be a JSON object, not \(json.typeName)", field: "body")
         }
+        if let key = DuplicateKeys.first(in: body) {
+            throw CallError.invalid(key, "the body has the key '\(key.prefix(80))' more than once; say each field once")
+        }
         var fields = Fields(object)
         let authToken = try fields.optionalString("auth_token")
         if type.needsAuthentication && authToken == nil {

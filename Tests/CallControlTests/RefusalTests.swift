@@ -21,7 +21,12 @@ import Testing
                 .replacingOccurrences(of: "/", with: "_")
         }
         let unsigned = base64url(#"{"alg":"none","typ":"JWT"}"#) + "." + base64url(#"{"sub":"\#(uid)","exp":4102444800}"#) + "."
-        return [("expired", expired), ("forged", forged), ("alg none", unsigned), ("malformed", "not.a.jwt")]
+        let early = try await AuthTokens(secret: AuthTokens.developmentSecret).mint(
+            uid: uid, notBefore: Date(timeIntervalSinceNow: 3600))
+        return [
+            ("expired", expired), ("forged", forged), ("alg none", unsigned), ("malformed", "not.a.jwt"),
+            ("not valid yet (nbf an hour ahead)", early),
+        ]
     }
 
     @Test func badTokensAreUnauthenticatedAndChangeNothing() async throws {
@@ -91,6 +96,8 @@ import Testing
         ("call.accept", #"{"session_id": "not-a-uuid"}"#, "session_id"),
         ("call.reject", #"{"session_id": "6f1b1c52-8e3a-4c55-9d0e-1f5a3f8f6a10", "status": "maybe"}"#, "status"),
         ("call.dance", #"{}"#, "type"),
+        // A key twice: parsers disagree on which value wins, so the request says neither.
+        ("call.initiate", #"{"receiver_id": "bob", "receiver_id": "eve", "receiver_type": "user", "call_type": "audio"}"#, "receiver_id"),
     ])
     func malformedRequestsAreAnsweredAndDeadLettered(type: String, body: String, field: String) async throws {
         try await Scenario.run { s in

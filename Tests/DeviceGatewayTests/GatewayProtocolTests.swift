@@ -3,6 +3,7 @@
 import CallRules
 import DeviceGateway
 import Foundation
+import RingingContract
 import Testing
 
 @Suite struct GatewayProtocolTests {
@@ -52,6 +53,26 @@ import Testing
             }
             #expect(callError.field == "body")
         }
+    }
+
+    @Test func duplicateKeysAreFoundAtAnyDepthAndOnlyInOneObject() {
+        #expect(DuplicateKeys.first(in: Data(#"{"a":1,"b":{"a":2},"c":[{"a":3},{"a":4}]}"#.utf8)) == nil)
+        #expect(DuplicateKeys.first(in: Data(#"{"a":1,"b":2,"a":3}"#.utf8)) == "a")
+        #expect(DuplicateKeys.first(in: Data(#"{"m":{"x":"{"x":1}","x":2}}"#.utf8)) == "x", "nested, with quotes in values")
+        #expect(DuplicateKeys.first(in: Data(#"{"a":1,"a":2}"#.utf8)) == "a", "an escape spells the same key")
+        #expect(DuplicateKeys.first(in: Data(#"["a","a"]"#.utf8)) == nil, "array values are not keys")
+        do {
+            _ = try FrameParser.parse(#"{"type":"request","id":"7","request":"call.active","body":{"x":1,"x":2}}"#)
+            Issue.record("a duplicate key in a request body is refused")
+        } catch {
+            guard case .reply(let id, let callError) = error else {
+                Issue.record("expected a reply")
+                return
+            }
+            #expect(id == "7")
+            #expect(callError.field == "x")
+        }
+        #expect(closeCode(#"{"type":"hello","auth_token":"a","auth_token":"b"}"#) == 4002)
     }
 
     @Test func theForwardedBodyCarriesTheSocketsTokenAndDevice() throws {
