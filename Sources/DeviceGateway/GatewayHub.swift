@@ -187,6 +187,11 @@ public final class GatewayHub: Sendable {
         }
     }
 
+    /// A request the gateway answered itself with an error (the socket stays open).
+    private func refused(_ error: CallError) {
+        Counter(label: "ringing_gateway_requests_refused_total", dimensions: [("code", error.code.rawValue)]).increment()
+    }
+
     private func count(close code: UInt16) {
         Counter(label: "ringing_gateway_socket_closes_total", dimensions: [("code", "\(code)")]).increment()
     }
@@ -210,6 +215,7 @@ public final class GatewayHub: Sendable {
                         switch error {
                         case .close(let code, let reason): return socket.close(code, reason)
                         case .reply(let id, let callError):
+                            refused(callError)
                             socket.send(QueuedFrame(text: ServerFrame.reply(id: id, error: callError)))
                             continue
                         }
@@ -243,6 +249,7 @@ public final class GatewayHub: Sendable {
                             return socket.close(CloseCode.protocolError, "the first frame must be hello")
                         }
                         guard socket.allowRequest() else {
+                            refused(CallError(.rateLimited, ""))
                             socket.send(
                                 QueuedFrame(
                                     text: ServerFrame.reply(
@@ -350,6 +357,7 @@ public final class GatewayHub: Sendable {
             reply = fitted(
                 ServerFrame.reply(id: id, replyJSON: String(decoding: data, as: UTF8.self)), id: id, type: type, data: data)
         } catch {
+            refused(error)
             reply = ServerFrame.reply(id: id, error: error)
         }
         Metrics.Timer(label: "ringing_gateway_request_duration_seconds", dimensions: [("type", type)]).record(

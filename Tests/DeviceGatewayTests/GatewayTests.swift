@@ -7,6 +7,7 @@ import Foundation
 import LoadGenerator
 import RingingAuth
 import RingingContract
+import RingingOperations
 import TestSupport
 import Testing
 
@@ -238,6 +239,8 @@ import Testing
             }
             #expect(limited.allSatisfy { $0 >= 5 }, "the first five are the burst")
             #expect(!limited.isEmpty, "fifty requests at once exceed one a second with bursts of five")
+            let metrics = RingingMetrics.registry.emitToString()
+            #expect(metrics.contains(#"ringing_gateway_requests_refused_total{code="rate_limited"}"#), "counted in metrics")
             #expect(!device.isClosed)
         }
     }
