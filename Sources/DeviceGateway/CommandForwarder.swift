@@ -52,16 +52,7 @@ public final class CommandForwarder: Sendable {
             logger.warning("could not forward a request", metadata: ["type": "\(type)", "error": "\(error)"])
             return Self.unavailable("the broker is not reachable; retry with the same id")
         }
-        let reply = await withTaskGroup(of: Data?.self) { group in
-            group.addTask { await slot.wait() }
-            group.addTask { [replyTimeout] in
-                try? await Task.sleep(for: replyTimeout)
-                return nil
-            }
-            defer { group.cancelAll() }
-            return await group.next() ?? nil
-        }
-        return reply
+        return await slot.wait(within: replyTimeout)
             ?? Self.unavailable(
                 "no reply from the \(type.hasPrefix("token.") ? "token service" : type.hasPrefix("device.") ? "push notifier" : "call service") within \(replyTimeout); the request may still apply: retry with the same id"
             )

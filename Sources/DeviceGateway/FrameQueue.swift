@@ -101,6 +101,19 @@ final class Handoff<Value: Sendable>: Sendable {
         for waiter in waiters { waiter.resume(returning: value) }
     }
 
+    /// The value, or nil when `limit` passes (or the task is cancelled) first.
+    func wait(within limit: Duration) async -> Value? {
+        await withTaskGroup(of: Value?.self) { race in
+            race.addTask { await self.wait() }
+            race.addTask {
+                try? await Task.sleep(for: limit)
+                return nil
+            }
+            defer { race.cancelAll() }
+            return await race.next() ?? nil
+        }
+    }
+
     /// The value, once resolved; nil when the waiting task is cancelled first.
     func wait() async -> Value? {
         let id = state.withLock { state -> Int in
@@ -122,6 +135,4 @@ final class Handoff<Value: Sendable>: Sendable {
             waiter?.resume(returning: nil)
         }
     }
-
-    var value: Value? { state.withLock { $0.value } }
 }

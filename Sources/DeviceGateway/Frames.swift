@@ -78,8 +78,7 @@ public enum FrameParser {
             // A request is answered (its body would otherwise lose one of the values
             // silently); any other frame is a protocol error.
             if type == "request", case .string(let id)? = object["id"], (1...maximumIDLength).contains(id.count) {
-                throw .reply(
-                    id: id, .invalid(key, "the frame has the key '\(key.prefix(80))' more than once; say each field once"))
+                throw .reply(id: id, DuplicateKeys.refusal(key, in: "frame"))
             }
             throw .close(code: CloseCode.protocolError, reason: "the frame has the key '\(key.prefix(40))' more than once")
         }

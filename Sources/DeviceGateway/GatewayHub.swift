@@ -48,9 +48,6 @@ public final class GatewayHub: Sendable {
                     limits: .init(socketsPerUser: configuration.socketsPerUser, awaitingHello: configuration.awaitingHello))))
     }
 
-    /// How many authenticated sockets this instance holds.
-    public var socketCount: Int { state.withLock { $0.registry.socketCount } }
-
     // MARK: - Notifications
 
     /// Hands a notification from the broker to every socket of its user.
@@ -133,15 +130,7 @@ public final class GatewayHub: Sendable {
             }
             // Timers: the hello deadline, then the token's expiry.
             group.addTask {
-                let greeted = await withTaskGroup(of: Bool.self) { race in
-                    race.addTask { await socket.greeted.wait() != nil }
-                    race.addTask {
-                        try? await Task.sleep(for: self.configuration.helloTimeout)
-                        return false
-                    }
-                    defer { race.cancelAll() }
-                    return await race.next() ?? false
-                }
+                let greeted = await socket.greeted.wait(within: self.configuration.helloTimeout) != nil
                 guard !Task.isCancelled else { return }
                 if !greeted && socket.current == nil {
                     socket.close(CloseCode.protocolError, "no hello within \(self.configuration.helloTimeout)")
@@ -294,7 +283,6 @@ public final class GatewayHub: Sendable {
             socket.close(code, reason)
             return nil
         }
-        socket.snapshotRequested()
         socket.authenticated(.init(uid: user.uid, deviceID: device, token: token, expiresAt: user.expiresAt))
         socket.greeted.resolve(())
         // Bind before the snapshot: a ring during the connect is in the snapshot, in a later

@@ -149,7 +149,7 @@ enum HTTPAPI {
                     return error(.invalid("body", "the body must be a JSON object"))
                 }
                 if let key = DuplicateKeys.first(in: Data(buffer: buffer)) {
-                    return error(.invalid(key, "the body has the key '\(key.prefix(80))' more than once; say each field once"))
+                    return error(DuplicateKeys.refusal(key))
                 }
                 body = object
             }

@@ -68,8 +68,6 @@ public struct SocketRegistry: Sendable {
     public func sockets(of uid: String) -> Set<Int> { users[uid] ?? [] }
 
     public var userCount: Int { users.count }
-
-    public var allSockets: [Int] { users.values.flatMap { $0 } }
 }
 
 /// A notification on its way to one socket.

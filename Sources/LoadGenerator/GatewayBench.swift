@@ -254,10 +254,10 @@ public final class GatewayBench: Sendable {
                 let rejected = caller.expect("outgoing_call.rejected")
                 caller.request(
                     "call.initiate", ["receiver_id": .string(receiver.uid), "receiver_type": "user", "call_type": "audio"])
-                guard let ring = await rung.wait(timeout: .seconds(10)) else { return self.error("gateway: no ring in 10 s") }
+                guard let ring = await rung.value(within: .seconds(10)) else { return self.error("gateway: no ring in 10 s") }
                 self.tally.withLock { _ = $0.gateway.record(Self.microseconds(ring.at - sent)) }
                 receiver.request("call.reject", ["session_id": .string(ring.sessionID), "status": "rejected"])
-                if await rejected.wait(timeout: .seconds(10)) == nil { self.error("gateway: no rejection in 10 s") }
+                if await rejected.value(within: .seconds(10)) == nil { self.error("gateway: no rejection in 10 s") }
             }
             let duplicates = (c + r).map(\.waiters.duplicates).reduce(0, +)
             tally.withLock { tally in
@@ -307,7 +307,7 @@ public final class GatewayBench: Sendable {
                         exchange: Topology.commandsExchange, routingKey: type,
                         body: (try? JSONEncoder().encode(fields)) ?? Data(),
                         properties: AMQPProperties(contentType: "application/json", messageID: UUID().uuidString))
-                    do { try await connection.publish(message) } catch { self.error("amqp: publish \(type) failed") }
+                    do { try await connection.publish(message) } catch { self.error("amqp: publish \(type) failed: \(error)") }
                 }
                 defer { self.tally.withLock { $0.duplicates += waiters.duplicates } }
                 return await atRate { pair in
@@ -318,10 +318,10 @@ public final class GatewayBench: Sendable {
                     await publish(
                         "call.initiate", as: caller,
                         ["receiver_id": .string(receiver), "receiver_type": "user", "call_type": "audio"])
-                    guard let ring = await rung.wait(timeout: .seconds(10)) else { return self.error("amqp: no ring in 10 s") }
+                    guard let ring = await rung.value(within: .seconds(10)) else { return self.error("amqp: no ring in 10 s") }
                     self.tally.withLock { _ = $0.amqp.record(Self.microseconds(ring.at - sent)) }
                     await publish("call.reject", as: receiver, ["session_id": .string(ring.sessionID), "status": "rejected"])
-                    if await rejected.wait(timeout: .seconds(10)) == nil { self.error("amqp: no rejection in 10 s") }
+                    if await rejected.value(within: .seconds(10)) == nil { self.error("amqp: no rejection in 10 s") }
                 }
             }
         }
@@ -346,49 +346,21 @@ struct RingArrival: Sendable {
     var sessionID: String
 }
 
-/// One expected notification.
-final class ExpectedNotification: Sendable {
-    private let state = Mutex<(arrival: RingArrival?, waiter: CheckedContinuation<RingArrival?, Never>?)>((nil, nil))
-
-    func fulfil(_ arrival: RingArrival) {
-        let waiter = state.withLock { state -> CheckedContinuation<RingArrival?, Never>? in
-            guard state.arrival == nil else { return nil }
-            state.arrival = arrival
-            defer { state.waiter = nil }
-            return state.waiter
-        }
-        waiter?.resume(returning: arrival)
-    }
-
-    func wait(timeout: Duration) async -> RingArrival? {
-        await withTaskGroup(of: RingArrival?.self) { group in
-            group.addTask {
-                await withCheckedContinuation { continuation in
-                    let now = self.state.withLock { state -> RingArrival?? in
-                        if let arrival = state.arrival { return .some(arrival) }
-                        state.waiter = continuation
-                        return nil
-                    }
-                    if let now { continuation.resume(returning: now) }
-                }
-            }
+extension Slot {
+    /// The value, or nil once `timeout` has passed (the slot is then completed as timed out,
+    /// so a value arriving later is dropped).
+    func value(within timeout: Duration) async -> Value? {
+        await withTaskGroup(of: Value?.self) { group in
+            group.addTask { try? await self.value() }
             group.addTask {
                 try? await Task.sleep(for: timeout)
-                self.fulfilTimeout()
+                self.complete(.failure(WaitFailure(code: "timeout", detail: "nothing within \(timeout)")))
                 return nil
             }
             let first = await group.next() ?? nil
             group.cancelAll()
             return first
         }
-    }
-
-    private func fulfilTimeout() {
-        let waiter = state.withLock { state -> CheckedContinuation<RingArrival?, Never>? in
-            defer { state.waiter = nil }
-            return state.waiter
-        }
-        waiter?.resume(returning: nil)
     }
 }
 
@@ -397,7 +369,7 @@ final class ExpectedNotification: Sendable {
 /// counted and never taken for the next call's.
 final class NotificationWaiters: Sendable {
     private struct State {
-        var expected: [String: ExpectedNotification] = [:]
+        var expected: [String: Slot<RingArrival>] = [:]
         var seen: Set<String> = []
         var duplicates = 0
     }
@@ -406,8 +378,8 @@ final class NotificationWaiters: Sendable {
 
     var duplicates: Int { state.withLock { $0.duplicates } }
 
-    func expect(uid: String, _ name: String) -> ExpectedNotification {
-        let expectation = ExpectedNotification()
+    func expect(uid: String, _ name: String) -> Slot<RingArrival> {
+        let expectation = Slot<RingArrival>()
         state.withLock { $0.expected["\(uid) \(name)"] = expectation }
         return expectation
     }
@@ -424,14 +396,14 @@ final class NotificationWaiters: Sendable {
             var call: Call
         }
         let session = (try? JSONDecoder().decode(Header.self, from: body))?.call.session_id ?? ""
-        let expectation = state.withLock { state -> ExpectedNotification? in
+        let expectation = state.withLock { state -> Slot<RingArrival>? in
             guard state.seen.insert("\(uid) \(name) \(session)").inserted else {
                 state.duplicates += 1
                 return nil
             }
             return state.expected.removeValue(forKey: "\(uid) \(name)")
         }
-        expectation?.fulfil(RingArrival(at: at, sessionID: session))
+        expectation?.complete(.success(RingArrival(at: at, sessionID: session)))
     }
 }
 
@@ -449,7 +421,7 @@ final class BenchSocket: Sendable {
         outgoing = AsyncStream<String>.makeStream()
     }
 
-    func expect(_ name: String) -> ExpectedNotification { waiters.expect(uid: uid, name) }
+    func expect(_ name: String) -> Slot<RingArrival> { waiters.expect(uid: uid, name) }
 
     func request(_ type: String, _ body: JSONObject) {
         let id = counter.withLock { count -> Int in

@@ -1,8 +1,14 @@
 // Finds a key that appears twice in one JSON object. Parsers disagree on duplicates (first
 // wins, last wins, error), which is a classic way past a check, so requests refuse them.
+public import CallRules
 public import Foundation
 
 public enum DuplicateKeys {
+    /// The refusal of a body (or frame) that gives `key` twice, naming it.
+    public static func refusal(_ key: String, in what: String = "body") -> CallError {
+        .invalid(key, "the \(what) has the key '\(key.prefix(80))' more than once; say each field once")
+    }
+
     /// The first key that appears twice in the same object of `json` (at any depth), or nil.
     /// Expects valid JSON: call it after the body parsed.
     public static func first(in json: Data) -> String? {

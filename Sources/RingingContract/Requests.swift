@@ -134,7 +134,7 @@ public enum RequestParser {
             throw CallError(.invalidRequest, "the body must be a JSON object, not \(json.typeName)", field: "body")
         }
         if let key = DuplicateKeys.first(in: body) {
-            throw CallError.invalid(key, "the body has the key '\(key.prefix(80))' more than once; say each field once")
+            throw DuplicateKeys.refusal(key)
         }
         var fields = Fields(object)
         let authToken = try fields.optionalString("auth_token")

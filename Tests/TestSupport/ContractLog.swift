@@ -15,7 +15,9 @@ public enum ContractLog {
 
     /// Records one HTTP exchange of the gateway (for the OpenAPI check).
     public static func recordHTTP(method: String, path: String, status: Int, body: Data) {
-        write(["kind": "http", "method": method, "path": path, "status": "\(status)", "body": String(decoding: body, as: UTF8.self)])
+        write([
+            "kind": "http", "method": method, "path": path, "status": "\(status)", "body": String(decoding: body, as: UTF8.self),
+        ])
     }
 
     private static func write(_ line: [String: String]) {
@@ -28,13 +30,9 @@ public enum ContractLog {
 
     /// Records one message; does nothing unless RINGING_CONTRACT_LOG is set.
     public static func record(_ kind: String, routingKey: String, messageID: String?, correlationID: String? = nil, body: Data) {
-        file.withLock { handle in
-            guard let handle else { return }
-            var line: [String: String] = ["kind": kind, "routing_key": routingKey, "body": String(decoding: body, as: UTF8.self)]
-            if let messageID { line["message_id"] = messageID }
-            if let correlationID { line["correlation_id"] = correlationID }
-            guard let data = try? JSONSerialization.data(withJSONObject: line, options: [.sortedKeys]) else { return }
-            handle.write(data + Data("\n".utf8))
-        }
+        var line: [String: String] = ["kind": kind, "routing_key": routingKey, "body": String(decoding: body, as: UTF8.self)]
+        if let messageID { line["message_id"] = messageID }
+        if let correlationID { line["correlation_id"] = correlationID }
+        write(line)
     }
 }
