@@ -1,5 +1,7 @@
-// Settings of the call-control service, read from the environment (DESIGN §6).
+// Settings of the call-control service, read from the environment (DESIGN §6, §10).
+import Foundation
 public import AMQPClient
+public import CallRules
 public import PostgresClient
 import RingingAuth
 public import RingingService
@@ -22,6 +24,10 @@ public struct CallControlConfiguration: Sendable {
     /// Where /healthz, /readyz and /metrics are served; port 0 turns them off.
     public var httpHost: String
     public var httpPort: Int
+    /// DESIGN §10: a participant silent this long leaves (`RINGING_HEARTBEAT_TIMEOUT_S`,
+    /// default 90 s); a call ends this long after it was answered (`RINGING_MAX_CALL_S`,
+    /// default 4 h). Every instance must run with the same values.
+    public var liveness: CallRules.Liveness
 
     public init(environment: Environment = Environment()) throws {
         amqp = try environment.amqpURL(account: "call-control")
@@ -35,6 +41,9 @@ public struct CallControlConfiguration: Sendable {
         database.applicationName = instanceName
         httpHost = environment.string("RINGING_HTTP_HOST", default: "127.0.0.1")
         httpPort = try environment.integer("RINGING_HTTP_PORT", default: 8081, in: 0...65535)
+        liveness = CallRules.Liveness(
+            heartbeatTimeout: TimeInterval(try environment.integer("RINGING_HEARTBEAT_TIMEOUT_S", default: 90, in: 1...86_400)),
+            maximumDuration: TimeInterval(try environment.integer("RINGING_MAX_CALL_S", default: 4 * 3600, in: 1...2_592_000)))
     }
 
     public var usesDevelopmentSecret: Bool { authSecret == AuthTokens.developmentSecret }

@@ -307,19 +307,39 @@ public final class CallControlService: ComposedService, Sendable {
         }
     }
 
-    /// Fires due ring deadlines, sleeping until the next one or until a new one is announced.
-    /// Every instance runs it; `SKIP LOCKED` hands each call to exactly one of them, and the
-    /// rules make a second firing a no-op.
+    /// Fires due ring deadlines and the liveness sweep (DESIGN §10), sleeping until the next
+    /// deadline or until a new ring deadline is announced. Every instance runs it; `SKIP
+    /// LOCKED` hands each call to exactly one of them, and the rules make a second firing a
+    /// no-op.
     private func runRingTimer() async {
         var logger = self.logger
         logger[metadataKey: "task"] = "ring-timer"
+        let limits = configuration.liveness
+        // Heartbeats only move liveness deadlines later and new ones are at least a timeout
+        // away, so waking this often catches every one on time.
+        let longest = min(5, limits.heartbeatTimeout)
         while !Task.isCancelled {
-            var wait: Duration = .seconds(5)
+            var wait: Duration = .milliseconds(Int64(longest * 1000))
             do {
-                let fired = try await fireDueDeadlines(logger: logger)
-                if fired == 100 { continue }
-                if let seconds = try await pool.withConnection({ try await CallStore.secondsToNextDeadline($0) }) {
-                    wait = .milliseconds(Int64(max(0, min(seconds, 5)) * 1000) + 2)
+                let fired = try await fireDue(logger: logger, what: "ring deadlines") { db, now in
+                    try CallStore.lockDueCalls(db, limit: 100).map { call in
+                        (call, CallRules.expireIfDue(call, at: now), Self.ringDeadline, call.expiresAt)
+                    }
+                }
+                let swept = try await fireDue(logger: logger, what: "liveness sweep") { db, now in
+                    try CallStore.lockCallsDueForSweep(
+                        db, heartbeatTimeout: limits.heartbeatTimeout, maximumDuration: limits.maximumDuration, limit: 100
+                    ).map { call in
+                        let deadline = CallRules.livenessDeadline(call, limits)
+                        return (call, CallRules.sweepIfDue(call, at: now, limits: limits), deadline?.reason.rawValue ?? "", deadline?.at ?? now)
+                    }
+                }
+                if fired == 100 || swept == 100 { continue }
+                if let seconds = try await pool.withConnection({
+                    try await CallStore.secondsToNextDeadline(
+                        $0, heartbeatTimeout: limits.heartbeatTimeout, maximumDuration: limits.maximumDuration)
+                }) {
+                    wait = .milliseconds(Int64(max(0, min(seconds, longest)) * 1000) + 2)
                 }
             } catch {
                 logger.warning("ring timer failed; retrying", metadata: ["error": "\(error)"])
@@ -329,26 +349,42 @@ public final class CallControlService: ComposedService, Sendable {
         }
     }
 
-    private func fireDueDeadlines(logger: Logger) async throws -> Int {
+    private static let ringDeadline = "ring_deadline"
+
+    /// How late a timer acted: the ring timer's metric, and beside it the liveness sweep's
+    /// by reason (`connection_lost`, `max_duration`).
+    private static func lateness(_ reason: String) -> Metrics.Timer {
+        reason == ringDeadline
+            ? Metrics.Timer(label: "ringing_ring_timer_lateness_seconds")
+            : Metrics.Timer(label: "ringing_liveness_sweep_lateness_seconds", dimensions: [("reason", reason)])
+    }
+
+    /// One round of a timer: in one transaction, locks the due calls, applies each one's
+    /// decision (with the deadline it was due at, for the lateness metric) and writes the
+    /// outbox; then publishes. Returns how many calls were due.
+    private func fireDue(
+        logger: Logger, what: String,
+        _ due: @escaping @Sendable (isolated PostgresConnection, Date) throws -> [(
+            call: CallSession, decision: CallDecision, reason: String, deadline: Date
+        )]
+    ) async throws -> Int {
         let outbox = try await pool.withConnection { connection in
             try await connection.withTransaction { db -> ([OutboxMessage], Int) in
                 let now = try CallStore.now(db)
-                let due = try CallStore.lockDueCalls(db, limit: 100)
+                let calls = try due(db, now)
                 var messages: [OutboxMessage] = []
-                for call in due {
-                    let decision = CallRules.expireIfDue(call, at: now)
-                    guard decision.changed else { continue }
-                    Metrics.Timer(label: "ringing_ring_timer_lateness_seconds").record(
-                        duration: .milliseconds(Int64(max(0, now.timeIntervalSince(call.expiresAt)) * 1000)))
+                for (call, decision, reason, deadline) in calls where decision.changed {
+                    Self.lateness(reason).record(
+                        duration: .milliseconds(Int64(max(0, now.timeIntervalSince(deadline)) * 1000)))
                     try CallStore.save(db, decision.call, previous: call)
                     messages.append(
                         contentsOf: try CallStore.insertOutbox(db, RequestProcessor.messages(for: decision, traceparent: nil)))
                 }
-                return (messages, due.count)
+                return (messages, calls.count)
             }
         }
         guard !outbox.0.isEmpty else { return outbox.1 }
-        logger.debug("ring deadlines fired", metadata: ["calls": "\(outbox.1)"])
+        logger.debug("\(what) fired", metadata: ["calls": "\(outbox.1)"])
         // If publishing fails here, the relay publishes these rows once the grace period passes.
         try await publisher.publishAll(outbox.0.map { $0.amqpMessage(userID: publisherUser) })
         try await pool.withConnection { try await CallStore.deleteOutbox($0, ids: outbox.0.map(\.id)) }

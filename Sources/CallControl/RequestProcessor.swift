@@ -40,6 +40,8 @@ enum RequestProcessor {
                 continue
             }
             let outcome = try apply(db, job, at: now)
+            // Any request naming a call keeps the user's participation live (DESIGN §10).
+            if let session = job.request.command.sessionID { try CallStore.touch(db, session, job.user.uid, at: now) }
             if job.request.type.isMutation {
                 let record = ProcessedRequest(
                     messageID: job.messageID, type: job.request.type.rawValue, actor: job.user.uid,
@@ -107,6 +109,16 @@ enum RequestProcessor {
             return try commit(
                 db, CallRules.end(call, by: actor, deviceID: device, at: now), previous: call, isNew: false, job: job)
 
+        case .ringing(let id, let device):
+            guard let call = try CallStore.lockCall(db, id) else { return notFound(id) }
+            return try commit(
+                db, CallRules.ringReceipt(call, by: actor, deviceID: device, at: now), previous: call, isNew: false, job: job,
+                reply: .ok)
+
+        case .heartbeat(let id, _):
+            guard let call = try CallStore.lockCall(db, id) else { return notFound(id) }
+            return try commit(db, CallRules.heartbeat(call, by: actor, at: now), previous: call, isNew: false, job: job, reply: .ok)
+
         case .get(let id):
             guard let call = try CallStore.loadCall(db, id) else { return notFound(id) }
             if let error = CallRules.authorizeRead(call, by: actor) { return failure(error, sessionID: id) }
@@ -143,16 +155,17 @@ enum RequestProcessor {
 
     /// Persists a decision (even a failing one may have changed the call: a timeout found on
     /// the way) and writes its events and notifications to the outbox.
+    /// `reply` is the success reply: the call, unless the request type answers just ok.
     private static func commit(
         _ db: isolated PostgresConnection, _ decision: CallDecision, previous: CallSession?, isNew: Bool,
-        job: Job
+        job: Job, reply success: WireReply? = nil
     ) throws -> JobOutcome {
         var outbox: [OutboxMessage] = []
         if decision.changed {
             try CallStore.save(db, decision.call, previous: isNew ? nil : previous)
             outbox = try CallStore.insertOutbox(db, messages(for: decision, traceparent: job.traceparent))
         }
-        let reply = decision.error.map(WireReply.error) ?? WireReply.call(decision.call)
+        let reply = decision.error.map(WireReply.error) ?? success ?? WireReply.call(decision.call)
         return JobOutcome(
             reply: reply.encoded(), outbox: outbox, code: decision.error?.code.rawValue ?? "ok",
             sessionID: decision.call.sessionID)

@@ -5,6 +5,8 @@ public import Foundation
 /// The events of `calls.events`, named by their routing key.
 public enum CallEventType: String, Sendable, Hashable, Codable, CaseIterable {
     case initiated = "call.initiated"
+    /// The first receiver device reported showing the ring (`call.ringing`).
+    case ringing = "call.ringing"
     case accepted = "call.accepted"
     /// A further group member accepted.
     case joined = "call.joined"
@@ -23,6 +25,8 @@ public enum CallEventType: String, Sendable, Hashable, Codable, CaseIterable {
 /// The notifications of `calls.notifications`, named after the client callbacks.
 public enum NotificationName: String, Sendable, Hashable, Codable, CaseIterable {
     case incomingCallReceived = "incoming_call.received"
+    /// The call's first ring receipt: the callee's phone is ringing.
+    case outgoingCallRinging = "outgoing_call.ringing"
     case outgoingCallAccepted = "outgoing_call.accepted"
     case outgoingCallRejected = "outgoing_call.rejected"
     case incomingCallCanceled = "incoming_call.canceled"
@@ -38,7 +42,8 @@ public struct CallEvent: Sendable, Hashable {
     public var type: CallEventType
     public var sequence: Int
     public var occurredAt: Date
-    /// The user whose request caused the change; nil for the ring timer.
+    /// The user whose request caused the change; nil for the server's own decisions (ring
+    /// deadline, lost connections, maximum duration).
     public var actor: String?
     /// The device the actor used, when the request named one.
     public var deviceID: String?
@@ -84,12 +89,15 @@ public struct CallDecision: Sendable, Hashable {
     public var events: [CallEvent] = []
     public var notifications: [CallNotification] = []
     public var error: CallError?
+    /// A change to store that is not an event of the call (a later receiver's `rang_at`).
+    public var quietChange = false
 
     public init(call: CallSession) {
         self.call = call
     }
 
-    public var changed: Bool { !events.isEmpty }
+    /// Whether there is anything to store.
+    public var changed: Bool { !events.isEmpty || quietChange }
 
     /// Records one change: bumps the sequence and snapshots the call.
     mutating func emit(_ type: CallEventType, actor: String?, deviceID: String? = nil, at time: Date) {

@@ -130,11 +130,15 @@ public enum CallRules {
         decision.call.update(actor) {
             $0.status = .accepted
             $0.joinedAt = now
+            $0.lastSeenAt = now
         }
         if decision.call.status == .initiated {
             decision.call.status = .ongoing
             decision.call.answeredAt = now
-            decision.call.update(decision.call.initiator) { $0.joinedAt = now }
+            decision.call.update(decision.call.initiator) {
+                $0.joinedAt = now
+                $0.lastSeenAt = now
+            }
             decision.emit(.accepted, actor: actor, deviceID: deviceID, at: now)
             decision.notify(.outgoingCallAccepted, [decision.call.initiator])
             decision.notify(.answeredElsewhere, [actor])
@@ -227,21 +231,7 @@ public enum CallRules {
         }
         let remaining = decision.call.participants.filter { $0.status == .accepted }
         if decision.call.receiverType == .user || remaining.count < 2 {
-            let ringing = decision.call.receivers.filter { $0.status == .ringing }.map(\.uid)
-            decision.call.updateAll(where: { $0.status == .accepted }) {
-                $0.status = .left
-                $0.leftAt = now
-            }
-            decision.call.updateAll(where: { $0.status == .ringing }) { $0.status = .missed }
-            decision.call.status = .ended
-            decision.call.endedAt = now
-            decision.call.endedBy = actor
-            if let answeredAt = decision.call.answeredAt {
-                decision.call.durationSeconds = max(0, Int(now.timeIntervalSince(answeredAt).rounded(.down)))
-            }
-            decision.emit(.ended, actor: actor, deviceID: deviceID, at: now)
-            decision.notify(.callEnded, remaining.map(\.uid))
-            decision.notify(.incomingCallCanceled, ringing)
+            endOngoing(&decision, by: actor, deviceID: deviceID, reason: nil, notifying: remaining.map(\.uid), at: now)
         } else {
             decision.emit(.left, actor: actor, deviceID: deviceID, at: now)
             decision.notify(.participantLeft, remaining.map(\.uid))
@@ -269,6 +259,7 @@ public enum CallRules {
         if call.status == .initiated {
             decision.call.status = .unanswered
             decision.call.endedAt = now
+            decision.call.endReason = .unanswered
             decision.emit(.unanswered, actor: nil, at: now)
             decision.notify(.outgoingCallRejected, [call.initiator])
         } else {
@@ -278,7 +269,146 @@ public enum CallRules {
         return decision
     }
 
+    // MARK: - Ring receipt
+
+    /// `call.ringing`: a receiver's device shows the ring. The receiver's first receipt sets
+    /// its `rangAt`; the call's first receipt while it rings is an event, and the initiator
+    /// hears of it (`outgoing_call.ringing`, with the device). Receipts that change nothing
+    /// (repeats, a receiver no longer ringing, a call no longer ringing) decide nothing.
+    public static func ringReceipt(_ call: CallSession, by actor: String, deviceID: String?, at now: Date) -> CallDecision {
+        var decision = expireIfDue(call, at: now)
+        if let error = participantError(decision.call, actor) { return decision.failing(error) }
+        let participant = decision.call.participant(actor)!
+        guard participant.role == .receiver else {
+            return decision.failing(
+                CallError(.forbidden, "only a receiver's device sends call.ringing; the initiator's devices do not ring"))
+        }
+        guard participant.status == .ringing, participant.rangAt == nil,
+            decision.call.status == .initiated || decision.call.status == .ongoing
+        else { return decision }
+        let first = decision.call.status == .initiated && !decision.call.receivers.contains { $0.rangAt != nil }
+        decision.call.update(actor) { $0.rangAt = now }
+        if first {
+            decision.emit(.ringing, actor: actor, deviceID: deviceID, at: now)
+            decision.notify(.outgoingCallRinging, [decision.call.initiator])
+        } else {
+            decision.quietChange = true
+        }
+        return decision
+    }
+
+    // MARK: - Liveness
+
+    /// The limits of DESIGN §10.
+    public struct Liveness: Sendable, Hashable {
+        /// A participant silent for this long (no heartbeat, no request naming the call) is gone.
+        public var heartbeatTimeout: TimeInterval
+        /// Counted from `answeredAt`.
+        public var maximumDuration: TimeInterval
+
+        public init(heartbeatTimeout: TimeInterval = 90, maximumDuration: TimeInterval = 4 * 3600) {
+            self.heartbeatTimeout = heartbeatTimeout
+            self.maximumDuration = maximumDuration
+        }
+    }
+
+    /// `call.heartbeat`: allowed for an accepted participant of a ringing or ongoing call (the
+    /// store then records the time). Nothing else about the call changes, apart from a ring
+    /// deadline found passed on the way.
+    public static func heartbeat(_ call: CallSession, by actor: String, at now: Date) -> CallDecision {
+        let decision = expireIfDue(call, at: now)
+        if let error = participantError(decision.call, actor) { return decision.failing(error) }
+        guard decision.call.status == .initiated || decision.call.status == .ongoing else {
+            return decision.failing(invalidState(decision.call, "the call is over"))
+        }
+        let participant = decision.call.participant(actor)!
+        guard participant.status == .accepted else {
+            let why =
+                participant.status == .ringing
+                ? "'\(actor)' has not accepted this call" : "'\(actor)' is no longer in this call (\(participant.status.rawValue))"
+            return decision.failing(invalidState(decision.call, why))
+        }
+        return decision
+    }
+
+    /// When the liveness sweep next has something to do for `call`, and what: the earliest
+    /// of the maximum duration and each accepted participant's silence limit. Nil when the
+    /// call is not ongoing.
+    public static func livenessDeadline(_ call: CallSession, _ limits: Liveness) -> (at: Date, reason: EndReason)? {
+        guard call.status == .ongoing else { return nil }
+        var earliest: (at: Date, reason: EndReason)? = call.answeredAt.map {
+            ($0.addingTimeInterval(limits.maximumDuration), .maxDuration)
+        }
+        for participant in call.participants where participant.status == .accepted {
+            guard let seen = participant.lastSeenAt ?? participant.joinedAt else { continue }
+            let due = seen.addingTimeInterval(limits.heartbeatTimeout)
+            if earliest.map({ due < $0.at }) ?? true { earliest = (due, .connectionLost) }
+        }
+        return earliest
+    }
+
+    /// The liveness sweep (DESIGN §10): a call past the maximum duration ends
+    /// (`max_duration`); accepted participants silent for the heartbeat timeout leave
+    /// (`left_reason` `connection_lost`), and the call ends by §3 when fewer than two remain
+    /// (`end_reason` `connection_lost`, `ended_by` null). Returns a decision without events
+    /// when nothing is due, so that it acts exactly once.
+    public static func sweepIfDue(_ call: CallSession, at now: Date, limits: Liveness) -> CallDecision {
+        var decision = CallDecision(call: call)
+        guard call.status == .ongoing else { return decision }
+        let accepted = call.participants.filter { $0.status == .accepted }.map(\.uid)
+        if let answeredAt = call.answeredAt, now >= answeredAt.addingTimeInterval(limits.maximumDuration) {
+            endOngoing(&decision, by: nil, deviceID: nil, reason: .maxDuration, notifying: accepted, at: now)
+            return decision
+        }
+        let lost = call.participants.filter { participant in
+            guard participant.status == .accepted, let seen = participant.lastSeenAt ?? participant.joinedAt else { return false }
+            return now >= seen.addingTimeInterval(limits.heartbeatTimeout)
+        }
+        guard !lost.isEmpty else { return decision }
+        for participant in lost {
+            decision.call.update(participant.uid) {
+                $0.status = .left
+                $0.leftAt = now
+                $0.leftReason = .connectionLost
+            }
+        }
+        let remaining = decision.call.participants.filter { $0.status == .accepted }.map(\.uid)
+        if call.receiverType == .user || remaining.count < 2 {
+            // Everyone who was in the call hears that it ended, the lost ones too: a device
+            // that comes back stops showing it.
+            endOngoing(&decision, by: nil, deviceID: nil, reason: .connectionLost, notifying: accepted, at: now)
+        } else {
+            decision.emit(.left, actor: nil, at: now)
+            decision.notify(.participantLeft, remaining)
+        }
+        return decision
+    }
+
     // MARK: - Helpers
+
+    /// Ends an ongoing call: accepted participants leave, members still ringing miss it, the
+    /// talk time is recorded; `recipients` get `call.ended`, the ringing ones `incoming_call.canceled`.
+    private static func endOngoing(
+        _ decision: inout CallDecision, by actor: String?, deviceID: String?, reason: EndReason?, notifying recipients: [String],
+        at now: Date
+    ) {
+        let ringing = decision.call.receivers.filter { $0.status == .ringing }.map(\.uid)
+        decision.call.updateAll(where: { $0.status == .accepted }) {
+            $0.status = .left
+            $0.leftAt = now
+        }
+        decision.call.updateAll(where: { $0.status == .ringing }) { $0.status = .missed }
+        decision.call.status = .ended
+        decision.call.endedAt = now
+        decision.call.endedBy = actor
+        decision.call.endReason = reason
+        if let answeredAt = decision.call.answeredAt {
+            decision.call.durationSeconds = max(0, Int(now.timeIntervalSince(answeredAt).rounded(.down)))
+        }
+        decision.emit(.ended, actor: actor, deviceID: deviceID, at: now)
+        decision.notify(.callEnded, recipients)
+        decision.notify(.incomingCallCanceled, ringing)
+    }
 
     private static func participantError(_ call: CallSession, _ actor: String) -> CallError? {
         call.participant(actor) == nil ? CallError(.forbidden, "user '\(actor)' is not a participant of this call") : nil

@@ -24,6 +24,21 @@ public enum ParticipantStatus: String, Sendable, Hashable, Codable {
     case ringing, accepted, rejected, busy, missed, left
 }
 
+/// Why the server ended a call on its own (DESIGN §3, §10); nil when a participant's request ended it.
+public enum EndReason: String, Sendable, Hashable, Codable, CaseIterable {
+    /// Nobody answered before the ring deadline.
+    case unanswered
+    /// Too few participants kept the call live (heartbeats or requests naming it).
+    case connectionLost = "connection_lost"
+    /// The call outlived the maximum call duration.
+    case maxDuration = "max_duration"
+}
+
+/// Why the server made a participant leave (DESIGN §10); nil when they left by request.
+public enum LeftReason: String, Sendable, Hashable, Codable, CaseIterable {
+    case connectionLost = "connection_lost"
+}
+
 public struct Participant: Sendable, Hashable {
     public var uid: String
     public var role: ParticipantRole
@@ -31,13 +46,26 @@ public struct Participant: Sendable, Hashable {
     /// When the participant joined the media session (the call became ongoing for them).
     public var joinedAt: Date?
     public var leftAt: Date?
+    /// When one of the receiver's devices first reported showing the ring (`call.ringing`).
+    public var rangAt: Date?
+    /// Why the server made the participant leave, when it did.
+    public var leftReason: LeftReason?
+    /// While the participant is in an ongoing call: the latest of `joinedAt`, its last
+    /// heartbeat and its last request naming the call (not on the wire).
+    public var lastSeenAt: Date?
 
-    public init(uid: String, role: ParticipantRole, status: ParticipantStatus, joinedAt: Date? = nil, leftAt: Date? = nil) {
+    public init(
+        uid: String, role: ParticipantRole, status: ParticipantStatus, joinedAt: Date? = nil, leftAt: Date? = nil,
+        rangAt: Date? = nil, leftReason: LeftReason? = nil, lastSeenAt: Date? = nil
+    ) {
         self.uid = uid
         self.role = role
         self.status = status
         self.joinedAt = joinedAt
         self.leftAt = leftAt
+        self.rangAt = rangAt
+        self.leftReason = leftReason
+        self.lastSeenAt = lastSeenAt
     }
 
     /// Whether this participation makes the user *active* (DESIGN §3): the initiator of a
@@ -67,6 +95,8 @@ public struct CallSession: Sendable, Hashable {
     /// Talk time in whole seconds, from the first answer to the end.
     public var durationSeconds: Int?
     public var endedBy: String?
+    /// Why the server ended the call, for the outcomes it decided.
+    public var endReason: EndReason?
     public var metadata: JSONObject
     public var participants: [Participant]
     /// Increases by one with every change of this call.
@@ -75,8 +105,8 @@ public struct CallSession: Sendable, Hashable {
     public init(
         sessionID: UUID, initiator: String, receiverID: String, receiverType: ReceiverType, callType: CallType,
         status: CallStatus, initiatedAt: Date, expiresAt: Date, answeredAt: Date? = nil, endedAt: Date? = nil,
-        durationSeconds: Int? = nil, endedBy: String? = nil, metadata: JSONObject = [:], participants: [Participant],
-        sequence: Int
+        durationSeconds: Int? = nil, endedBy: String? = nil, endReason: EndReason? = nil, metadata: JSONObject = [:],
+        participants: [Participant], sequence: Int
     ) {
         self.sessionID = sessionID
         self.initiator = initiator
@@ -90,6 +120,7 @@ public struct CallSession: Sendable, Hashable {
         self.endedAt = endedAt
         self.durationSeconds = durationSeconds
         self.endedBy = endedBy
+        self.endReason = endReason
         self.metadata = metadata
         self.participants = participants
         self.sequence = sequence

@@ -93,11 +93,11 @@ public enum CallStore {
 
     static let callColumns: StaticString = """
         session_id, initiator, receiver_id, receiver_type, call_type, status, initiated_at, expires_at, \
-        answered_at, ended_at, duration_s, ended_by, metadata::text, sequence
+        answered_at, ended_at, duration_s, ended_by, metadata::text, sequence, end_reason
         """
     static let callColumnsOfC: StaticString = """
         c.session_id, c.initiator, c.receiver_id, c.receiver_type, c.call_type, c.status, c.initiated_at, c.expires_at, \
-        c.answered_at, c.ended_at, c.duration_s, c.ended_by, c.metadata::text, c.sequence
+        c.answered_at, c.ended_at, c.duration_s, c.ended_by, c.metadata::text, c.sequence, c.end_reason
         """
 
     /// Loads a call and takes its row lock until the transaction ends: requests on one call
@@ -178,10 +178,52 @@ public enum CallStore {
                 """))
     }
 
-    /// Seconds until the earliest pending ring deadline (negative when overdue), nil if none.
-    public static func secondsToNextDeadline(_ db: isolated PostgresConnection) throws -> Double? {
-        try db.query("SELECT extract(epoch FROM min(expires_at) - clock_timestamp())::float8 FROM calls WHERE ring_pending")[0]
-            .decode(Double?.self, at: 0)
+    /// Ongoing calls the liveness sweep has to look at (DESIGN §10): an accepted participant
+    /// silent for `heartbeatTimeout`, or answered more than `maximumDuration` ago. Locked,
+    /// skipping those another instance holds.
+    public static func lockCallsDueForSweep(
+        _ db: isolated PostgresConnection, heartbeatTimeout: Double, maximumDuration: Double, limit: Int
+    ) throws -> [CallSession] {
+        try loadCalls(
+            db,
+            try db.query(
+                """
+                SELECT \(fragment: callColumns) FROM calls
+                WHERE status = 'ongoing' AND session_id IN (
+                    SELECT session_id FROM call_participants
+                    WHERE status = 'accepted' AND last_seen_at IS NOT NULL
+                      AND last_seen_at <= clock_timestamp() - make_interval(secs => \(heartbeatTimeout))
+                    UNION
+                    SELECT session_id FROM calls
+                    WHERE status = 'ongoing' AND answered_at <= clock_timestamp() - make_interval(secs => \(maximumDuration)))
+                ORDER BY answered_at LIMIT \(limit) FOR UPDATE SKIP LOCKED
+                """))
+    }
+
+    /// Seconds until the earliest deadline of the ring timer or the liveness sweep (negative
+    /// when overdue), nil if none.
+    public static func secondsToNextDeadline(
+        _ db: isolated PostgresConnection, heartbeatTimeout: Double, maximumDuration: Double
+    ) throws -> Double? {
+        try db.query(
+            """
+            SELECT extract(epoch FROM least(
+                (SELECT min(expires_at) FROM calls WHERE ring_pending),
+                (SELECT min(last_seen_at) FROM call_participants WHERE status = 'accepted' AND last_seen_at IS NOT NULL)
+                    + make_interval(secs => \(heartbeatTimeout)),
+                (SELECT min(answered_at) FROM calls WHERE status = 'ongoing') + make_interval(secs => \(maximumDuration))
+            ) - clock_timestamp())::float8
+            """)[0].decode(Double?.self, at: 0)
+    }
+
+    /// Records that an accepted participant of an ongoing call was heard from (a heartbeat,
+    /// or a request naming the call). Does nothing for anyone else.
+    public static func touch(_ db: isolated PostgresConnection, _ sessionID: UUID, _ uid: String, at time: Date) throws {
+        try db.query(
+            """
+            UPDATE call_participants SET last_seen_at = greatest(last_seen_at, \(time))
+            WHERE session_id = \(sessionID) AND uid = \(uid) AND status = 'accepted' AND last_seen_at IS NOT NULL
+            """)
     }
 
     /// Writes a call created or changed by a decision.
@@ -192,10 +234,11 @@ public enum CallStore {
             try db.query(
                 """
                 INSERT INTO calls (session_id, initiator, receiver_id, receiver_type, call_type, status, initiated_at, expires_at,
-                                   answered_at, ended_at, duration_s, ended_by, metadata, sequence, ring_pending)
+                                   answered_at, ended_at, duration_s, ended_by, metadata, sequence, ring_pending, end_reason)
                 VALUES (\(call.sessionID), \(call.initiator), \(call.receiverID), \(call.receiverType.rawValue), \(call.callType.rawValue),
                         \(call.status.rawValue), \(call.initiatedAt), \(call.expiresAt), \(call.answeredAt), \(call.endedAt),
-                        \(call.durationSeconds), \(call.endedBy), \(metadata), \(call.sequence), \(call.ringPending))
+                        \(call.durationSeconds), \(call.endedBy), \(metadata), \(call.sequence), \(call.ringPending),
+                        \(call.endReason?.rawValue))
                 """)
             var insert = PostgresQuery.StringInterpolation(literalCapacity: 200, interpolationCount: call.participants.count * 8)
             insert.appendLiteral(
@@ -225,7 +268,8 @@ public enum CallStore {
         try db.query(
             """
             UPDATE calls SET status = \(call.status.rawValue), answered_at = \(call.answeredAt), ended_at = \(call.endedAt),
-                duration_s = \(call.durationSeconds), ended_by = \(call.endedBy), sequence = \(call.sequence), ring_pending = \(call.ringPending)
+                duration_s = \(call.durationSeconds), ended_by = \(call.endedBy), sequence = \(call.sequence), ring_pending = \(call.ringPending),
+                end_reason = \(call.endReason?.rawValue)
             WHERE session_id = \(call.sessionID)
             """)
         let before = Dictionary(
@@ -236,7 +280,8 @@ public enum CallStore {
             try db.query(
                 """
                 UPDATE call_participants SET status = \(participant.status.rawValue), joined_at = \(participant.joinedAt),
-                    left_at = \(participant.leftAt), active = \(active)
+                    left_at = \(participant.leftAt), active = \(active), rang_at = \(participant.rangAt),
+                    left_reason = \(participant.leftReason?.rawValue), last_seen_at = \(participant.lastSeenAt)
                 WHERE session_id = \(call.sessionID) AND uid = \(participant.uid)
                 """)
         }
@@ -394,6 +439,7 @@ public enum CallStore {
             let endedBy = try row.decode(String?.self, at: 11)
             let metadataText = try row.decode(String.self, at: 12)
             let sequence = try row.decode(Int.self, at: 13)
+            let endReason = try row.decode(String?.self, at: 14).flatMap(EndReason.init(rawValue:))
             let metadata = (try? JSONDecoder().decode(JSONObject.self, from: Data(metadataText.utf8))) ?? [:]
             calls.append(
                 CallSession(
@@ -402,23 +448,26 @@ public enum CallStore {
                     callType: CallType(rawValue: callType) ?? .audio, status: CallStatus(rawValue: status) ?? .ended,
                     initiatedAt: initiatedAt, expiresAt: expiresAt, answeredAt: answeredAt, endedAt: endedAt,
                     durationSeconds: duration,
-                    endedBy: endedBy, metadata: metadata, participants: [], sequence: sequence))
+                    endedBy: endedBy, endReason: endReason, metadata: metadata, participants: [], sequence: sequence))
         }
         let ids = calls.map(\.sessionID)
         var participants: [UUID: [Participant]] = [:]
         for row in try db.query(
             """
-            SELECT session_id, uid, role, status, joined_at, left_at FROM call_participants
+            SELECT session_id, uid, role, status, joined_at, left_at, rang_at, left_reason, last_seen_at FROM call_participants
             WHERE session_id = ANY(\(ids)) ORDER BY session_id, role DESC, uid
             """)
         {
             let (id, uid, role, status, joinedAt, leftAt) = try row.decodeColumns(
                 (UUID, String, String, String, Date?, Date?).self)
+            let rangAt = try row.decode(Date?.self, at: 6)
+            let leftReason = try row.decode(String?.self, at: 7).flatMap(LeftReason.init(rawValue:))
+            let lastSeenAt = try row.decode(Date?.self, at: 8)
             participants[id, default: []].append(
                 Participant(
                     uid: uid, role: ParticipantRole(rawValue: role) ?? .receiver,
                     status: ParticipantStatus(rawValue: status) ?? .left,
-                    joinedAt: joinedAt, leftAt: leftAt))
+                    joinedAt: joinedAt, leftAt: leftAt, rangAt: rangAt, leftReason: leftReason, lastSeenAt: lastSeenAt))
         }
         for index in calls.indices {
             // The initiator first ("receiver" > "initiator" sorts the other way).

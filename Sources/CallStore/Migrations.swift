@@ -112,6 +112,28 @@ public enum Migrations {
             ALTER TABLE processed_requests ADD PRIMARY KEY (actor, message_id);
             """
         ),
+        (
+            4, "ring receipts, liveness and end reasons",
+            """
+            -- DESIGN §10. Why the server ended a call on its own; existing unanswered calls say so.
+            ALTER TABLE calls ADD COLUMN end_reason text
+                CHECK (end_reason IN ('unanswered', 'connection_lost', 'max_duration'));
+            UPDATE calls SET end_reason = 'unanswered' WHERE status = 'unanswered';
+            -- rang_at: the receiver's first ring receipt. last_seen_at: while the participant is
+            -- in an ongoing call, the latest of joined_at, its heartbeats and its requests naming
+            -- the call. Calls already ongoing get a full timeout from now.
+            ALTER TABLE call_participants
+                ADD COLUMN rang_at timestamptz,
+                ADD COLUMN left_reason text CHECK (left_reason IN ('connection_lost')),
+                ADD COLUMN last_seen_at timestamptz;
+            UPDATE call_participants p SET last_seen_at = clock_timestamp()
+                FROM calls c WHERE c.session_id = p.session_id AND c.status = 'ongoing' AND p.status = 'accepted';
+            -- The two sweeps' deadlines: silent participants, and calls past the maximum duration.
+            CREATE INDEX call_participants_liveness ON call_participants (last_seen_at)
+                WHERE status = 'accepted' AND last_seen_at IS NOT NULL;
+            CREATE INDEX calls_ongoing_since ON calls (answered_at) WHERE status = 'ongoing';
+            """
+        ),
     ]
 
     /// Applies every migration not yet applied, in one transaction under the advisory lock.

@@ -77,6 +77,7 @@ public final class DeviceGatewayService: ComposedService, Sendable {
             work.addTask {
                 for await _ in self.reconnects { await self.hub.resnapshotAll() }
             }
+            work.addTask { await self.hub.sendHeartbeats() }
             work.addTask { await self.logFailure("listener") { try await self.application().run() } }
             guard let port = await boundPort.wait() else { return }
             ready.store(true, ordering: .relaxed)
@@ -147,8 +148,9 @@ public final class DeviceGatewayService: ComposedService, Sendable {
             hub.deliver(
                 uid: uid,
                 notification: PendingNotification(
-                    frame: ServerFrame.notification(name: name, bodyJSON: body), sessionID: header?.0, sequence: header?.1,
-                    receivedAt: .now))
+                    frame: ServerFrame.notification(name: name, bodyJSON: body), sessionID: header?.sessionID,
+                    sequence: header?.sequence, receivedAt: .now),
+                live: header?.isLive(for: uid))
         }
     }
 }

@@ -87,24 +87,15 @@ final class DeviceSocket: Sendable {
     }
 }
 
-/// Reads what the gateway needs of a notification body: its call and sequence.
+/// Reads what the gateway needs of a notification body: its call's id, sequence and status,
+/// and who is in it.
 enum NotificationBody {
     struct Header: Decodable {
-        struct Call: Decodable {
-            var sessionID: UUID
-            var sequence: Int
-
-            enum CodingKeys: String, CodingKey {
-                case sessionID = "session_id"
-                case sequence
-            }
-        }
-        var call: Call
+        var call: CallHeader
     }
 
-    static func header(_ body: Data) -> (UUID, Int)? {
-        guard let header = try? JSONDecoder().decode(Header.self, from: body) else { return nil }
-        return (header.call.sessionID, header.call.sequence)
+    static func header(_ body: Data) -> CallHeader? {
+        (try? JSONDecoder().decode(Header.self, from: body))?.call
     }
 
     /// `user.<uid>.<name>` → (uid, name).
@@ -117,9 +108,12 @@ enum NotificationBody {
     }
 }
 
-/// The snapshot reply of `call.live`: the calls as JSON, and each call's sequence.
+/// The snapshot reply of `call.live`: the calls as JSON, and each call's sequence and
+/// whether `uid` is live in it.
 enum Snapshot {
-    static func parse(_ reply: Data) -> Result<(callsJSON: String, sequences: [UUID: Int]), CallError> {
+    static func parse(_ reply: Data, uid: String) -> Result<
+        (callsJSON: String, sequences: [UUID: Int], live: Set<UUID>), CallError
+    > {
         guard case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: reply) else {
             return .failure(CallError(.unavailable, "the snapshot reply was not JSON"))
         }
@@ -134,6 +128,7 @@ enum Snapshot {
             return .failure(CallError(.unavailable, "the snapshot reply had no calls"))
         }
         var sequences: [UUID: Int] = [:]
+        var live: Set<UUID> = []
         for call in calls {
             guard case .object(let fields) = call, case .string(let id)? = fields["session_id"], let uuid = UUID(uuidString: id)
             else { continue }
@@ -142,8 +137,16 @@ enum Snapshot {
             case .double(let d)?: sequences[uuid] = Int(d)
             default: continue
             }
+            if fields["status"] == .string("ongoing"), case .array(let participants)? = fields["participants"],
+                participants.contains(where: {
+                    guard case .object(let member) = $0 else { return false }
+                    return member["uid"] == .string(uid) && member["status"] == .string("accepted")
+                })
+            {
+                live.insert(uuid)
+            }
         }
         let json = String(decoding: (try? JSONEncoder().encode(JSONValue.array(calls))) ?? Data("[]".utf8), as: UTF8.self)
-        return .success((json, sequences))
+        return .success((json, sequences, live))
     }
 }

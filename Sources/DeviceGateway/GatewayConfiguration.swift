@@ -26,6 +26,8 @@ public struct GatewayConfiguration: Sendable {
     public var requestBurst: Int
     public var maximumUnsentBytes: Int
     public var jwksCache: Duration
+    /// How often the gateway sends `call.heartbeat` for its users' ongoing calls (DESIGN §10).
+    public var heartbeatInterval: Duration
 
     public init(environment: Environment = Environment()) throws {
         amqp = try environment.amqpURL(account: "device-gateway")
@@ -50,6 +52,7 @@ public struct GatewayConfiguration: Sendable {
         maximumUnsentBytes = try environment.integer(
             "RINGING_GATEWAY_MAX_UNSENT_BYTES", default: 1 << 20, in: 4096...(1 << 30))
         jwksCache = .seconds(try environment.integer("RINGING_GATEWAY_JWKS_CACHE_S", default: 60, in: 0...86_400))
+        heartbeatInterval = .seconds(try environment.integer("RINGING_GATEWAY_HEARTBEAT_S", default: 30, in: 1...3600))
     }
 
     public var usesDevelopmentSecret: Bool { authSecret == AuthTokens.developmentSecret }

@@ -27,6 +27,7 @@ public final class GatewayHub: Sendable {
         var sockets: [Int: DeviceSocket] = [:]
         var nextID = 1
         var closing = false
+        var participations = LiveParticipations()
     }
 
     private let state: Mutex<State>
@@ -50,10 +51,53 @@ public final class GatewayHub: Sendable {
 
     // MARK: - Notifications
 
-    /// Hands a notification from the broker to every socket of its user.
-    func deliver(uid: String, notification: PendingNotification) {
-        let targets = state.withLock { state in state.registry.sockets(of: uid).compactMap { state.sockets[$0] } }
+    /// Hands a notification from the broker to every socket of its user, and notes whether
+    /// the user is now live in its call (`live`), for the heartbeats.
+    func deliver(uid: String, notification: PendingNotification, live: Bool?) {
+        let targets = state.withLock { state in
+            let targets = state.registry.sockets(of: uid).compactMap { state.sockets[$0] }
+            if !targets.isEmpty, let live, let session = notification.sessionID, let sequence = notification.sequence {
+                state.participations.observe(uid: uid, sessionID: session, sequence: sequence, live: live)
+            }
+            return targets
+        }
         for socket in targets { socket.offer(notification) }
+    }
+
+    /// Every `heartbeatInterval`, one `call.heartbeat` per connected user and ongoing call
+    /// they are in, with the token and device of one of their sockets (DESIGN §10). A refused
+    /// heartbeat (the call is over, or the user left it) stops them for that call.
+    func sendHeartbeats() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: configuration.heartbeatInterval)
+            let due = state.withLock { state in
+                var due: [(String, UUID, DeviceSocket.Identity)] = []
+                for (uid, session) in state.participations.due {
+                    let sockets = state.registry.sockets(of: uid).compactMap { state.sockets[$0] }
+                    if let identity = sockets.compactMap(\.current).first { due.append((uid, session, identity)) }
+                }
+                return due
+            }
+            await withDiscardingTaskGroup { group in
+                for (uid, session, identity) in due {
+                    group.addTask { await self.heartbeat(uid: uid, session: session, identity: identity) }
+                }
+            }
+        }
+    }
+
+    private func heartbeat(uid: String, session: UUID, identity: DeviceSocket.Identity) async {
+        let body =
+            (try? GatewayRequests.forwardedBody(
+                type: RequestType.heartbeat.rawValue, body: ["session_id": .string(session.uuidString.lowercased())],
+                authToken: identity.token, deviceID: identity.deviceID)) ?? Data()
+        let reply = await forwarder.request(
+            type: RequestType.heartbeat.rawValue, body: body, messageID: "heartbeat-\(UUID().uuidString.lowercased())")
+        let code = (try? JSONDecoder().decode(WireReply.self, from: reply))?.error?.code
+        Counter(label: "ringing_gateway_heartbeats_total", dimensions: [("outcome", code?.rawValue ?? "ok")]).increment()
+        if code == .invalidState || code == .forbidden || code == .notFound {
+            state.withLock { $0.participations.over(uid: uid, sessionID: session) }
+        }
     }
 
     /// After the broker came back: the queue and its bindings are new, so every socket gets
@@ -108,7 +152,10 @@ public final class GatewayHub: Sendable {
             let helloPending = socket.lifecycle.withLock { $0.helloPending }
             state.withLock { state in
                 if helloPending { state.registry.helloEnded() }
-                if let uid { state.registry.close(socket.id, uid: uid) }
+                if let uid {
+                    state.registry.close(socket.id, uid: uid)
+                    if state.registry.sockets(of: uid).isEmpty { state.participations.forget(uid: uid) }
+                }
                 state.sockets[socket.id] = nil
                 socketGauge.record(state.registry.socketCount)
             }
@@ -311,8 +358,14 @@ public final class GatewayHub: Sendable {
         for attempt in 1...4 {
             let reply = await forwarder.request(
                 type: RequestType.live.rawValue, body: body, messageID: "live-\(UUID().uuidString.lowercased())")
-            switch Snapshot.parse(reply) {
+            switch Snapshot.parse(reply, uid: identity.uid) {
             case .success(let snapshot):
+                state.withLock { state in
+                    for (session, sequence) in snapshot.sequences {
+                        state.participations.observe(
+                            uid: identity.uid, sessionID: session, sequence: sequence, live: snapshot.live.contains(session))
+                    }
+                }
                 socket.welcome(
                     ServerFrame.welcome(uid: identity.uid, deviceID: identity.deviceID, callsJSON: snapshot.callsJSON),
                     snapshot: snapshot.sequences)

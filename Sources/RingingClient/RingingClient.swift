@@ -60,6 +60,9 @@ public struct CallHistoryPage: Sendable, Hashable {
 /// it cares about. Called once per notification, duplicates and stale ones removed.
 public protocol RingingClientDelegate: AnyObject, Sendable {
     func onIncomingCallReceived(_ call: Call)
+    /// The callee's phone shows the ring (the call's first ring receipt): "Ringing…" rather
+    /// than "Calling…". `deviceID` is the device that rang first.
+    func onOutgoingCallRinging(_ call: Call, deviceID: String?)
     func onOutgoingCallAccepted(_ call: Call)
     /// Rejected, busy or unanswered: `call.status` says which.
     func onOutgoingCallRejected(_ call: Call)
@@ -75,6 +78,7 @@ public protocol RingingClientDelegate: AnyObject, Sendable {
 
 extension RingingClientDelegate {
     public func onIncomingCallReceived(_ call: Call) {}
+    public func onOutgoingCallRinging(_ call: Call, deviceID: String?) {}
     public func onOutgoingCallAccepted(_ call: Call) {}
     public func onOutgoingCallRejected(_ call: Call) {}
     public func onIncomingCallCanceled(_ call: Call) {}
@@ -106,6 +110,12 @@ public struct RingingClientConfiguration: Sendable {
     public var replyTimeout: Duration = .seconds(10)
     /// How often a request is sent before it fails with `unavailable`.
     public var attempts = 3
+    /// Whether the client sends the ring receipt (`call.ringing`) when it hands an incoming
+    /// call to the app. Turn it off when the app sends it itself, once the ring shows.
+    public var sendsRingReceipts = true
+    /// How often the client sends `call.heartbeat` while its user is in an ongoing call
+    /// (DESIGN §10: a participant silent for 90 s is taken out of the call).
+    public var heartbeatInterval: Duration = .seconds(30)
 
     public init(amqp: AMQPURL = AMQPURL(), authToken: String, deviceID: String? = nil) {
         self.amqp = amqp
@@ -183,6 +193,7 @@ public final class RingingClient: Sendable {
                         self.receiveNotification(delivery)
                     }
                 }
+                group.addTask { await self.sendHeartbeats() }
                 markReady(.success(()))
                 try await group.next()
             }
@@ -316,6 +327,38 @@ public final class RingingClient: Sendable {
         _ = try await send(.setGroupMembers, ["group_id": .string(groupID), "members": .array(members.map(JSONValue.string))])
     }
 
+    /// The ring receipt (`call.ringing`): this device shows the ring of `sessionID`. Sent by
+    /// the client itself when `sendsRingReceipts` is on.
+    public func sendRingReceipt(sessionID: UUID) async throws(RingingError) {
+        var fields: JSONObject = ["session_id": .string(sessionID.uuidString)]
+        if let deviceID = configuration.deviceID { fields["device_id"] = .string(deviceID) }
+        _ = try await send(.ringing, fields)
+    }
+
+    /// Keeps the user's ongoing call live (`call.heartbeat`); the client sends it by itself
+    /// every `heartbeatInterval` while it tracks an ongoing call.
+    public func sendHeartbeat(sessionID: UUID) async throws(RingingError) {
+        var fields: JSONObject = ["session_id": .string(sessionID.uuidString)]
+        if let deviceID = configuration.deviceID { fields["device_id"] = .string(deviceID) }
+        _ = try await send(.heartbeat, fields)
+    }
+
+    private func sendHeartbeats() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: configuration.heartbeatInterval)
+            guard let call = activeCall, call.status == .ongoing else { continue }
+            do { try await sendHeartbeat(sessionID: call.sessionID) } catch {
+                logger.debug("heartbeat refused", metadata: ["session_id": "\(call.sessionID)", "error": "\(error)"])
+                // The call is over or we are no longer in it: stop tracking it.
+                if error.code == .invalidState || error.code == .forbidden || error.code == .notFound {
+                    state.withLock { state in
+                        if state.activeCall?.sessionID == call.sessionID { state.activeCall = nil }
+                    }
+                }
+            }
+        }
+    }
+
     /// The token service's public keys (`token.jwks`).
     public func jwks() async throws(RingingError) -> [JSONObject] {
         try await send(.jwks, [:], authenticated: false).keys ?? []
@@ -447,9 +490,15 @@ public final class RingingClient: Sendable {
             name: name, call: event.call, actor: event.actor, deviceID: event.deviceID, eventID: event.eventID,
             sequence: event.sequence)
         notificationInput.yield(notification)
-        guard let delegate = delegate ?? state.withLock({ $0.delegate }) else { return }
+        guard let delegate = delegate ?? state.withLock({ $0.delegate }) else {
+            if name == .incomingCallReceived { receipt(for: event.call) }
+            return
+        }
         switch name {
-        case .incomingCallReceived: delegate.onIncomingCallReceived(event.call)
+        case .incomingCallReceived:
+            delegate.onIncomingCallReceived(event.call)
+            receipt(for: event.call)
+        case .outgoingCallRinging: delegate.onOutgoingCallRinging(event.call, deviceID: event.deviceID)
         case .outgoingCallAccepted: delegate.onOutgoingCallAccepted(event.call)
         case .outgoingCallRejected: delegate.onOutgoingCallRejected(event.call)
         case .incomingCallCanceled: delegate.onIncomingCallCanceled(event.call)
@@ -458,6 +507,17 @@ public final class RingingClient: Sendable {
         case .rejectedElsewhere: delegate.onCallRejectedElsewhere(event.call, deviceID: event.deviceID)
         case .participantJoined: delegate.onParticipantJoined(event.call, uid: event.actor)
         case .participantLeft: delegate.onParticipantLeft(event.call, uid: event.actor)
+        }
+    }
+
+    /// The ring was handed to the app: tell the caller (DESIGN §10), in the background.
+    private func receipt(for call: Call) {
+        guard configuration.sendsRingReceipts else { return }
+        Task {
+            do { try await self.sendRingReceipt(sessionID: call.sessionID) } catch {
+                self.logger.debug(
+                    "ring receipt refused", metadata: ["session_id": "\(call.sessionID)", "error": "\(error)"])
+            }
         }
     }
 

@@ -12,6 +12,10 @@ public enum RequestType: String, Sendable, Hashable, CaseIterable {
     case active = "call.active"
     case history = "call.history"
     case live = "call.live"
+    /// The ring receipt of DESIGN §10.
+    case ringing = "call.ringing"
+    /// Keeps an accepted participation live (DESIGN §10).
+    case heartbeat = "call.heartbeat"
     case setGroupMembers = "group.set_members"
     case generateToken = "token.generate"
     case jwks = "token.jwks"
@@ -19,11 +23,12 @@ public enum RequestType: String, Sendable, Hashable, CaseIterable {
     /// Whether the request needs an `auth_token`.
     public var needsAuthentication: Bool { self != .jwks }
 
-    /// Whether the request can change state (and so is recorded for idempotency).
+    /// Whether the request can change state (and so is recorded for idempotency). A
+    /// heartbeat only refreshes a time and is not recorded (DESIGN §10).
     public var isMutation: Bool {
         switch self {
-        case .initiate, .accept, .reject, .end, .setGroupMembers: true
-        case .get, .active, .history, .live, .generateToken, .jwks: false
+        case .initiate, .accept, .reject, .end, .ringing, .setGroupMembers: true
+        case .get, .active, .history, .live, .heartbeat, .generateToken, .jwks: false
         }
     }
 }
@@ -89,6 +94,8 @@ public enum Command: Sendable, Hashable {
     case active
     case history(HistoryQuery)
     case live
+    case ringing(sessionID: UUID, deviceID: String?)
+    case heartbeat(sessionID: UUID, deviceID: String?)
     case setGroupMembers(groupID: String, members: [String])
     case generateToken(sessionID: UUID)
     case jwks
@@ -96,7 +103,9 @@ public enum Command: Sendable, Hashable {
     /// The call the command is about, if it names one.
     public var sessionID: UUID? {
         switch self {
-        case .accept(let id, _), .reject(let id, _, _), .end(let id, _), .get(let id), .generateToken(let id): id
+        case .accept(let id, _), .reject(let id, _, _), .end(let id, _), .get(let id), .ringing(let id, _), .heartbeat(let id, _),
+            .generateToken(let id):
+            id
         default: nil
         }
     }
@@ -174,6 +183,10 @@ public enum RequestParser {
             return .active
         case .live:
             return .live
+        case .ringing:
+            return .ringing(sessionID: try f.uuid("session_id"), deviceID: try f.deviceID())
+        case .heartbeat:
+            return .heartbeat(sessionID: try f.uuid("session_id"), deviceID: try f.deviceID())
         case .history:
             var query = HistoryQuery()
             query.limit = try f.optionalInteger("limit", in: ContractLimits.historyLimit) ?? ContractLimits.defaultHistoryLimit

@@ -44,11 +44,17 @@ public struct WireParticipant: Codable, Sendable, Hashable {
     public var status: ParticipantStatus
     public var joinedAt: Date?
     public var leftAt: Date?
+    /// When one of the receiver's devices first showed the ring (`call.ringing`).
+    public var rangAt: Date?
+    /// `connection_lost` when the server made the participant leave (DESIGN §10).
+    public var leftReason: LeftReason?
 
     enum CodingKeys: String, CodingKey {
         case uid, role, status
         case joinedAt = "joined_at"
         case leftAt = "left_at"
+        case rangAt = "rang_at"
+        case leftReason = "left_reason"
     }
 
     public init(_ participant: Participant) {
@@ -57,6 +63,8 @@ public struct WireParticipant: Codable, Sendable, Hashable {
         status = participant.status
         joinedAt = participant.joinedAt
         leftAt = participant.leftAt
+        rangAt = participant.rangAt
+        leftReason = participant.leftReason
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -66,6 +74,8 @@ public struct WireParticipant: Codable, Sendable, Hashable {
         try c.encode(status, forKey: .status)
         try c.encode(joinedAt, forKey: .joinedAt)
         try c.encode(leftAt, forKey: .leftAt)
+        try c.encode(rangAt, forKey: .rangAt)
+        try c.encode(leftReason, forKey: .leftReason)
     }
 }
 
@@ -83,9 +93,9 @@ public struct WireCall: Codable, Sendable, Hashable {
     public var endedAt: Date?
     public var durationSeconds: Int?
     public var endedBy: String?
-    /// Why the server ended the call on its own: `unanswered` (and, with liveness,
-    /// `connection_lost` / `max_duration`); null when a user ended it or it is not over.
-    public var endReason: String?
+    /// Why the server ended the call on its own: `unanswered`, `connection_lost` or
+    /// `max_duration`; null when a participant's request ended it, or before the end.
+    public var endReason: EndReason?
     public var metadata: JSONObject
     public var participants: [WireParticipant]
     public var sequence: Int
@@ -118,7 +128,7 @@ public struct WireCall: Codable, Sendable, Hashable {
         endedAt = call.endedAt
         durationSeconds = call.durationSeconds
         endedBy = call.endedBy
-        endReason = call.status == .unanswered ? "unanswered" : nil
+        endReason = call.endReason
         metadata = call.metadata
         participants = call.participants.map(WireParticipant.init)
         sequence = call.sequence

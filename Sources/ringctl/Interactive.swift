@@ -10,6 +10,7 @@ import RingingContract
 func callbackName(_ name: NotificationName) -> String {
     switch name {
     case .incomingCallReceived: "onIncomingCallReceived"
+    case .outgoingCallRinging: "onOutgoingCallRinging"
     case .outgoingCallAccepted: "onOutgoingCallAccepted"
     case .outgoingCallRejected: "onOutgoingCallRejected"
     case .incomingCallCanceled: "onIncomingCallCanceled"
@@ -147,11 +148,16 @@ struct Listen: AsyncParsableCommand {
         case .incomingCallCanceled: text = "\(who) stopped calling (\(call.status.rawValue))"
         case .answeredElsewhere: text = "answered on \(notification.deviceID ?? "another device")"
         case .rejectedElsewhere: text = "declined on \(notification.deviceID ?? "another device")"
-        case .callEnded: text = "the call ended (\(call.durationSeconds ?? 0) s)"
+        case .outgoingCallRinging: text = "ringing on \(notification.deviceID ?? "\(call.receiverID)'s device")…"
+        case .callEnded:
+            let why = call.endReason.map { ", \($0.rawValue.replacingOccurrences(of: "_", with: " "))" } ?? ""
+            text = "the call ended (\(call.durationSeconds ?? 0) s\(why))"
         case .outgoingCallAccepted: text = "\(call.receiverID) answered"
         case .outgoingCallRejected: text = "the call was not answered: \(call.status.rawValue)"
         case .participantJoined: text = "\(notification.actor ?? "someone") joined"
-        case .participantLeft: text = "\(notification.actor ?? "someone") left"
+        case .participantLeft:
+            let lost = call.participants.filter { $0.leftReason == .connectionLost }.map(\.uid)
+            text = notification.actor.map { "\($0) left" } ?? "\(lost.joined(separator: ", ")) lost the connection"
         }
         stack.show(
             text,

@@ -15,6 +15,7 @@ final class Recorder: RingingClientDelegate {
     private let calls = Mutex<(log: [(String, Call, String?)], waiters: [CheckedContinuation<Void, Never>])>(([], []))
 
     func onIncomingCallReceived(_ call: Call) { record("incoming", call) }
+    func onOutgoingCallRinging(_ call: Call, deviceID: String?) { record("ringing", call, deviceID) }
     func onOutgoingCallAccepted(_ call: Call) { record("accepted", call) }
     func onOutgoingCallRejected(_ call: Call) { record("rejected", call) }
     func onIncomingCallCanceled(_ call: Call) { record("canceled", call) }
@@ -77,6 +78,7 @@ struct Device: Sendable {
         let callback: String
         switch name {
         case .incomingCallReceived: callback = "incoming"
+        case .outgoingCallRinging: callback = "ringing"
         case .outgoingCallAccepted: callback = "accepted"
         case .outgoingCallRejected: callback = "rejected"
         case .incomingCallCanceled: callback = "canceled"
@@ -127,6 +129,8 @@ struct Device: Sendable {
                 let call = try await caller.client.initiateCall(receiverID: bob, callType: .video)
                 #expect(caller.client.activeCall?.sessionID == call.sessionID, "the caller is active while it rings")
                 try await phone.expect(.incomingCallReceived, call.sessionID)
+                // The library sent the ring receipt when it handed the call to the app.
+                try await caller.expect(.outgoingCallRinging, call.sessionID)
 
                 let accepted = try await phone.client.acceptCall(sessionID: call.sessionID)
                 #expect(accepted.status == .ongoing)
@@ -152,7 +156,10 @@ struct Device: Sendable {
                 let barrier = try await caller.client.initiateCall(receiverID: bob)
                 try await phone.expect(.incomingCallReceived, barrier.sessionID)
                 try await tablet.expect(.incomingCallReceived, barrier.sessionID)
-                #expect(caller.recorder.log(call.sessionID) == ["accepted:ongoing"])
+                let callerLog = caller.recorder.log(call.sessionID)
+                #expect(
+                    callerLog == ["ringing:initiated:bob-phone", "accepted:ongoing"]
+                        || callerLog == ["ringing:initiated:bob-tablet", "accepted:ongoing"], "\(callerLog)")
                 #expect(
                     phone.recorder.log(call.sessionID) == [
                         "incoming:initiated", "answeredElsewhere:ongoing:bob-phone", "ended:ended",
@@ -176,6 +183,7 @@ struct Device: Sendable {
                 let (caller, callee) = (devices[0], devices[1])
                 let rejected = try await caller.client.initiateCall(receiverID: bob)
                 try await callee.expect(.incomingCallReceived, rejected.sessionID)
+                try await caller.expect(.outgoingCallRinging, rejected.sessionID)
                 #expect(try await callee.client.rejectCall(sessionID: rejected.sessionID, status: .rejected).status == .rejected)
                 try await caller.expect(.outgoingCallRejected, rejected.sessionID)
                 try await callee.expect(.rejectedElsewhere, rejected.sessionID)
@@ -186,7 +194,7 @@ struct Device: Sendable {
                     try await caller.client.rejectCall(sessionID: cancelled.sessionID, status: .cancelled).status == .cancelled)
                 try await callee.expect(.incomingCallCanceled, cancelled.sessionID)
 
-                #expect(caller.recorder.log(rejected.sessionID) == ["rejected:rejected"])
+                #expect(caller.recorder.log(rejected.sessionID) == ["ringing:initiated:b", "rejected:rejected"])
                 #expect(callee.recorder.log(rejected.sessionID) == ["incoming:initiated", "rejectedElsewhere:rejected:b"])
                 #expect(callee.recorder.log(cancelled.sessionID) == ["incoming:initiated", "canceled:cancelled"])
                 // An error names the code and the field.

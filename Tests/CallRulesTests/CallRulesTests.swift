@@ -411,3 +411,161 @@ func names(_ decision: CallDecision) -> [String] {
         #expect(CallRules.authorizeMediaToken(call, for: "bob") == nil)
     }
 }
+
+@Suite struct RingReceiptTests {
+    @Test func theFirstReceiptTellsTheCallerOnce() {
+        let call = ringing()
+        let first = CallRules.ringReceipt(call, by: "bob", deviceID: "bobs-phone", at: at(1))
+        #expect(first.error == nil)
+        #expect(first.events.map(\.type) == [.ringing])
+        #expect(first.events[0].deviceID == "bobs-phone" && first.events[0].actor == "bob")
+        #expect(first.call.sequence == call.sequence + 1)
+        #expect(names(first) == ["alice:outgoing_call.ringing"])
+        #expect(first.call.participant("bob")?.rangAt == at(1))
+        #expect(first.call.status == .initiated, "a receipt does not answer")
+
+        // A second receipt (another of bob's devices, or a repeat) changes nothing.
+        let second = CallRules.ringReceipt(first.call, by: "bob", deviceID: "bobs-tablet", at: at(2))
+        #expect(second.error == nil && !second.changed)
+        #expect(second.call == first.call)
+    }
+
+    @Test func aReceiptAfterTheAnswerChangesNothing() {
+        let ongoing = CallRules.accept(ringing(), by: "bob", deviceID: nil, at: at(1)).call
+        let late = CallRules.ringReceipt(ongoing, by: "bob", deviceID: "bobs-phone", at: at(2))
+        #expect(late.error == nil && !late.changed)
+        #expect(late.call.participant("bob")?.rangAt == nil)
+    }
+
+    @Test func aReceiptForAFinishedCallChangesNothing() {
+        let cancelled = CallRules.reject(ringing(), status: .cancelled, by: "alice", deviceID: nil, at: at(1)).call
+        let late = CallRules.ringReceipt(cancelled, by: "bob", deviceID: nil, at: at(2))
+        #expect(late.error == nil && !late.changed)
+    }
+
+    @Test func aReceiptPastTheDeadlineFiresTheTimeoutInstead() {
+        let late = CallRules.ringReceipt(ringing(timeout: 10), by: "bob", deviceID: nil, at: at(11))
+        #expect(late.error == nil)
+        #expect(late.events.map(\.type) == [.unanswered])
+        #expect(late.call.endReason == .unanswered)
+        #expect(late.call.participant("bob")?.rangAt == nil)
+    }
+
+    @Test func laterGroupMembersRecordTheirRingQuietly() {
+        let call = groupRinging()
+        let first = CallRules.ringReceipt(call, by: "carol", deviceID: nil, at: at(1))
+        #expect(first.events.map(\.type) == [.ringing])
+        let second = CallRules.ringReceipt(first.call, by: "dave", deviceID: nil, at: at(2))
+        #expect(second.events.isEmpty && second.changed, "dave's rang_at is stored, but it is not an event")
+        #expect(second.call.sequence == first.call.sequence)
+        #expect(second.call.participant("dave")?.rangAt == at(2))
+        #expect(second.call.participant("carol")?.rangAt == at(1))
+    }
+
+    @Test func onlyReceiversSendReceipts() {
+        let call = ringing()
+        #expect(CallRules.ringReceipt(call, by: "alice", deviceID: nil, at: at(1)).error?.code == .forbidden)
+        #expect(CallRules.ringReceipt(call, by: "mallory", deviceID: nil, at: at(1)).error?.code == .forbidden)
+    }
+}
+
+@Suite struct LivenessTests {
+    let limits = CallRules.Liveness(heartbeatTimeout: 90, maximumDuration: 4 * 3600)
+
+    /// alice calls bob, who answers at 5 s.
+    func ongoing() -> CallSession { CallRules.accept(ringing(), by: "bob", deviceID: nil, at: at(5)).call }
+
+    func heard(_ call: CallSession, _ uid: String, at time: Date) -> CallSession {
+        var copy = call
+        let index = copy.participants.firstIndex { $0.uid == uid }!
+        copy.participants[index].lastSeenAt = time
+        return copy
+    }
+
+    @Test func answeringStartsEveryonesLiveness() {
+        let call = ongoing()
+        #expect(call.participant("alice")?.lastSeenAt == at(5))
+        #expect(call.participant("bob")?.lastSeenAt == at(5))
+        #expect(CallRules.livenessDeadline(call, limits)?.at == at(95))
+        #expect(CallRules.livenessDeadline(call, limits)?.reason == .connectionLost)
+        #expect(CallRules.livenessDeadline(ringing(), limits) == nil, "a ringing call has the ring deadline instead")
+    }
+
+    @Test func aSilentPairEndsTheCallAsConnectionLostExactlyOnce() {
+        let call = ongoing()
+        #expect(!CallRules.sweepIfDue(call, at: at(94.9), limits: limits).changed, "not before 90 s of silence")
+        let swept = CallRules.sweepIfDue(call, at: at(95), limits: limits)
+        #expect(swept.call.status == .ended)
+        #expect(swept.call.endReason == .connectionLost)
+        #expect(swept.call.endedBy == nil)
+        #expect(swept.call.durationSeconds == 90)
+        #expect(swept.events.map(\.type) == [.ended] && swept.events[0].actor == nil)
+        #expect(swept.call.participants.allSatisfy { $0.status == .left && $0.leftReason == .connectionLost })
+        #expect(Set(names(swept)) == ["alice:call.ended", "bob:call.ended"])
+        #expect(swept.call.participants.allSatisfy { !$0.isActive(in: swept.call.status) }, "nobody stays busy")
+        #expect(!CallRules.sweepIfDue(swept.call, at: at(200), limits: limits).changed, "exactly once")
+    }
+
+    @Test func oneSideVanishingEndsTheCallAndOnlyThatSideLostTheConnection() {
+        let call = heard(ongoing(), "alice", at: at(60))
+        #expect(CallRules.livenessDeadline(call, limits)?.at == at(95))
+        let swept = CallRules.sweepIfDue(call, at: at(95), limits: limits)
+        #expect(swept.call.status == .ended && swept.call.endReason == .connectionLost)
+        #expect(swept.call.participant("bob")?.leftReason == .connectionLost)
+        #expect(swept.call.participant("alice")?.status == .left)
+        #expect(swept.call.participant("alice")?.leftReason == nil, "alice was still there")
+    }
+
+    @Test func heartbeatsKeepACallGoing() {
+        let call = heard(heard(ongoing(), "alice", at: at(80)), "bob", at: at(80))
+        #expect(!CallRules.sweepIfDue(call, at: at(169), limits: limits).changed)
+        #expect(CallRules.sweepIfDue(call, at: at(170), limits: limits).call.status == .ended)
+    }
+
+    @Test func aGroupCallGoesOnWithoutAMemberWhoVanished() {
+        var call = groupRinging()
+        call = CallRules.accept(call, by: "bob", deviceID: nil, at: at(1)).call
+        call = CallRules.accept(call, by: "carol", deviceID: nil, at: at(2)).call
+        call = heard(heard(call, "alice", at: at(60)), "bob", at: at(60))
+        let swept = CallRules.sweepIfDue(call, at: at(92), limits: limits)
+        #expect(swept.call.status == .ongoing)
+        #expect(swept.events.map(\.type) == [.left] && swept.events[0].actor == nil)
+        #expect(swept.call.participant("carol")?.status == .left)
+        #expect(swept.call.participant("carol")?.leftReason == .connectionLost)
+        #expect(Set(names(swept)) == ["alice:call.participant_left", "bob:call.participant_left"])
+        #expect(swept.call.participant("dave")?.status == .ringing, "dave still rings until the deadline")
+        // When a second one goes, fewer than two remain: the call ends, dave misses it.
+        let last = CallRules.sweepIfDue(heard(swept.call, "alice", at: at(100)), at: at(150), limits: limits)
+        #expect(last.call.status == .ended && last.call.endReason == .connectionLost)
+        #expect(last.call.participant("bob")?.leftReason == .connectionLost)
+        #expect(last.call.participant("alice")?.leftReason == nil)
+        #expect(last.call.participant("dave")?.status == .missed)
+        #expect(names(last).contains("dave:incoming_call.canceled"))
+    }
+
+    @Test func aCallPastTheMaximumDurationEnds() {
+        let short = CallRules.Liveness(heartbeatTimeout: 90, maximumDuration: 60)
+        let call = heard(heard(ongoing(), "alice", at: at(64)), "bob", at: at(64))
+        #expect(CallRules.livenessDeadline(call, short)?.reason == .maxDuration)
+        #expect(CallRules.livenessDeadline(call, short)?.at == at(65))
+        #expect(!CallRules.sweepIfDue(call, at: at(64.9), limits: short).changed)
+        let swept = CallRules.sweepIfDue(call, at: at(65), limits: short)
+        #expect(swept.call.status == .ended && swept.call.endReason == .maxDuration && swept.call.endedBy == nil)
+        #expect(swept.call.durationSeconds == 60)
+        #expect(swept.call.participants.allSatisfy { $0.status == .left && $0.leftReason == nil })
+        #expect(Set(names(swept)) == ["alice:call.ended", "bob:call.ended"])
+    }
+
+    @Test func aHeartbeatNeedsAnAcceptedParticipationInALiveCall() {
+        let call = ongoing()
+        #expect(CallRules.heartbeat(call, by: "bob", at: at(10)).error == nil)
+        #expect(!CallRules.heartbeat(call, by: "bob", at: at(10)).changed, "a heartbeat is no change of the call")
+        #expect(CallRules.heartbeat(call, by: "mallory", at: at(10)).error?.code == .forbidden)
+        #expect(CallRules.heartbeat(ringing(), by: "bob", at: at(1)).error?.code == .invalidState, "bob has not answered")
+        #expect(CallRules.heartbeat(ringing(), by: "alice", at: at(1)).error == nil, "the caller of a ringing call")
+        let ended = CallRules.end(call, by: "alice", deviceID: nil, at: at(20)).call
+        let refused = CallRules.heartbeat(ended, by: "bob", at: at(21)).error
+        #expect(refused?.code == .invalidState && refused?.status == .ended)
+        #expect(ended.endReason == nil, "a participant's end has no end_reason")
+    }
+}
