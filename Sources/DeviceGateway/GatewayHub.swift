@@ -68,9 +68,20 @@ public final class GatewayHub: Sendable {
     /// they are in, with the token and device of one of their sockets (DESIGN §10). A refused
     /// heartbeat (the call is over, or the user left it) stops them for that call.
     func sendHeartbeats() async {
-        while !Task.isCancelled {
-            try? await Task.sleep(for: configuration.heartbeatInterval)
-            let due = state.withLock { state in
+        // A round does not wait for the previous one's replies: one slow reply must not
+        // hold back everybody's next heartbeat.
+        await withDiscardingTaskGroup { group in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: configuration.heartbeatInterval)
+                for (uid, session, identity) in heartbeatsDue() {
+                    group.addTask { await self.heartbeat(uid: uid, session: session, identity: identity) }
+                }
+            }
+        }
+    }
+
+    private func heartbeatsDue() -> [(String, UUID, DeviceSocket.Identity)] {
+            state.withLock { state in
                 var due: [(String, UUID, DeviceSocket.Identity)] = []
                 for (uid, session) in state.participations.due {
                     let sockets = state.registry.sockets(of: uid).compactMap { state.sockets[$0] }
@@ -78,12 +89,6 @@ public final class GatewayHub: Sendable {
                 }
                 return due
             }
-            await withDiscardingTaskGroup { group in
-                for (uid, session, identity) in due {
-                    group.addTask { await self.heartbeat(uid: uid, session: session, identity: identity) }
-                }
-            }
-        }
     }
 
     private func heartbeat(uid: String, session: UUID, identity: DeviceSocket.Identity) async {

@@ -10,7 +10,7 @@ struct Demo: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the seed's flow between two fresh users and print each callback and both call tokens.",
         discussion:
-            "alice calls bob, bob's phone rings and he answers, both get call tokens, alice hangs up. Exits non-zero if any step fails."
+            "alice calls bob, bob's phone rings (alice sees it ringing) and he answers, both get call tokens, alice hangs up. Exits non-zero if any step fails."
     )
 
     @OptionGroup var stack: StackOptions
@@ -35,6 +35,8 @@ struct Demo: AsyncParsableCommand {
                         try await aliceClient.initiateCall(receiverID: bob, callType: .video)
                     }
                     try await bobEvents.expect(.incomingCallReceived, call.sessionID, status: .initiated, within: limit)
+                    // bob's client sent the ring receipt when it showed the call: "Ringing…" at alice's.
+                    try await aliceEvents.expect(.outgoingCallRinging, call.sessionID, status: .initiated, within: limit)
 
                     stack.show("2. bob answers on his phone")
                     let accepted = try await step("acceptCall") { try await bobClient.acceptCall(sessionID: call.sessionID) }
@@ -62,7 +64,7 @@ struct Demo: AsyncParsableCommand {
 
                     // Each callback fired exactly once.
                     for (events, expected) in [
-                        (aliceEvents, [NotificationName.outgoingCallAccepted]),
+                        (aliceEvents, [NotificationName.outgoingCallRinging, .outgoingCallAccepted]),
                         (bobEvents, [.incomingCallReceived, .answeredElsewhere, .callEnded]),
                     ] {
                         let seen = events.names(for: call.sessionID)

@@ -72,23 +72,27 @@ struct Gateway: Sendable {
             ]))
     }
 
-    /// Runs `body` against a call-control instance and a gateway in this process.
+    /// Runs `body` against a gateway in this process and, unless the test runs its own
+    /// (`callControl: false`), a call-control instance in this process.
     static func run(
-        _ extra: [String: String] = [:], limit: Duration = .seconds(240),
+        _ extra: [String: String] = [:], callControl withCallControl: Bool = true, limit: Duration = .seconds(240),
         _ body: @escaping @Sendable (Gateway) async throws -> Void
     ) async throws {
         _ = RingingMetrics.registry
-        let callControl = try await CallControlService(
-            configuration: try callControlConfiguration(), logger: quietLogger("cc-gw-test"))
+        let callControl =
+            withCallControl
+            ? try await CallControlService(configuration: try callControlConfiguration(), logger: quietLogger("cc-gw-test"))
+            : nil
         let gateway = try await DeviceGatewayService(configuration: try configuration(extra), logger: quietLogger("gw-test"))
         try await withDeadline(limit, "the gateway scenario") {
             let group = ServiceGroup(
                 configuration: ServiceGroupConfiguration(
-                    services: callControl.serviceGroupEntries + gateway.serviceGroupEntries, logger: quietLogger("gw-scenario")))
+                    services: (callControl?.serviceGroupEntries ?? []) + gateway.serviceGroupEntries,
+                    logger: quietLogger("gw-scenario")))
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await group.run() }
                 defer { tasks.cancelAll() }
-                await callControl.waitUntilReady()
+                await callControl?.waitUntilReady()
                 guard let port = await gateway.waitUntilListening() else { throw TimedOut(what: "the gateway's listener") }
                 try await body(
                     Gateway(port: port, auth: try await AuthTokens(secret: AuthTokens.developmentSecret), service: gateway))

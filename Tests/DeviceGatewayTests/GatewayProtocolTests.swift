@@ -121,6 +121,26 @@ import Testing
         #expect(registry.userCount == 1)
     }
 
+    @Test func heartbeatsGoToTheCallsAUserIsLiveInAsLastSeen() {
+        let (call, other) = (UUID(), UUID())
+        var live = LiveParticipations()
+        live.observe(uid: "bob", sessionID: call, sequence: 2, live: true)
+        live.observe(uid: "bob", sessionID: other, sequence: 1, live: false)
+        #expect(live.due.map(\.sessionID) == [call])
+        live.observe(uid: "bob", sessionID: call, sequence: 1, live: false)
+        #expect(live.due.map(\.sessionID) == [call], "older news does not undo newer")
+        live.observe(uid: "bob", sessionID: call, sequence: 3, live: false)
+        #expect(live.due.isEmpty, "the call ended")
+        live.observe(uid: "bob", sessionID: call, sequence: 2, live: true)
+        #expect(live.due.isEmpty, "a stale notification does not bring it back")
+        live.observe(uid: "carol", sessionID: other, sequence: 4, live: true)
+        live.over(uid: "carol", sessionID: other)
+        #expect(live.due.isEmpty, "a refused heartbeat stops them")
+        live.observe(uid: "dave", sessionID: other, sequence: 4, live: true)
+        live.forget(uid: "dave")
+        #expect(live.due.isEmpty, "the user's last socket closed")
+    }
+
     @Test func notificationsWaitForTheWelcomeAndOlderOnesAreDropped() {
         let call = UUID()
         let other = UUID()
