@@ -64,6 +64,8 @@ public enum Floor {
         switch type {
         case RequestType.initiate.rawValue:
             return Cost(notifications: [(false, "incoming_call.received")], participantUpdates: 0)
+        case RequestType.ringing.rawValue:
+            return Cost(notifications: [(true, "outgoing_call.ringing")], participantUpdates: 1)
         case RequestType.accept.rawValue:
             return Cost(
                 notifications: [(true, "outgoing_call.accepted"), (false, "incoming_call.answered_elsewhere")],
@@ -228,6 +230,14 @@ public final class FloorWorker: Sendable {
                 )
             }
         }
+        if type != RequestType.initiate.rawValue {
+            // Every request naming a call refreshes the actor's liveness (CallStore.touch).
+            _ = try db.query(
+                """
+                UPDATE bench_floor_participants SET joined_at = greatest(joined_at, clock_timestamp())
+                WHERE session_id = \(id) AND uid = \(body.caller) AND status = 'accepted' AND joined_at IS NOT NULL
+                """)
+        }
         var insert = PostgresQuery.StringInterpolation(literalCapacity: 200, interpolationCount: outbox.count * 4)
         insert.appendLiteral("INSERT INTO bench_floor_outbox (exchange, routing_key, message_id, body) VALUES ")
         for (index, message) in outbox.enumerated() {
@@ -281,6 +291,7 @@ struct FloorFlows: FlowDriver {
             _ = try await broker.send(.initiate, body + "}", recorder: recorder)
             switch kind {
             case .answered:
+                _ = try await broker.send(.ringing, body + "}", recorder: recorder)
                 _ = try await broker.send(.accept, body + "}", recorder: recorder)
                 async let callerToken = broker.send(.generateToken, body + "}", recorder: recorder)
                 async let receiverToken = broker.send(.generateToken, body + "}", recorder: recorder)

@@ -7,7 +7,7 @@ import RingingAuth
 import RingingContract
 import Synchronization
 
-/// The seed flows: answered (initiate → incoming → accept → two tokens → end), rejected by the
+/// The seed flows: answered (initiate → incoming → ring receipt → accept → two tokens → end), rejected by the
 /// receiver, cancelled by the caller, and unanswered until the ring deadline.
 public enum FlowKind: String, Sendable, CaseIterable, Codable {
     case answered, rejected, cancelled, unanswered
@@ -15,7 +15,7 @@ public enum FlowKind: String, Sendable, CaseIterable, Codable {
     /// Requests one flow sends.
     public var requests: Int {
         switch self {
-        case .answered: 5
+        case .answered: 6
         case .rejected, .cancelled: 2
         case .unanswered: 1
         }
@@ -229,6 +229,12 @@ struct RingingFlows: FlowDriver {
 
         switch kind {
         case .answered:
+            // The receiver's phone shows the ring and says so; the caller sees "Ringing…".
+            let ringing = broker.expect("outgoing_call.ringing", for: caller.uid, session: session)
+            _ = try await broker.send(
+                .ringing, #"{"auth_token":"\#(receiver.token)","session_id":"\#(sid)","device_id":"bench"}"#, recorder: recorder)
+            let shown = try await broker.arrival(ringing, recorder: recorder)
+            recorder.record(.timeToRinging, shown.arrivedAt - initiated, completedAt: shown.arrivedAt)
             let accepted = broker.expect("outgoing_call.accepted", for: caller.uid, session: session)
             let acceptSent = ContinuousClock.now
             _ = try await broker.send(.accept, #"{"auth_token":"\#(receiver.token)","session_id":"\#(sid)"}"#, recorder: recorder)

@@ -9,6 +9,9 @@ public enum Measure: String, Sendable, CaseIterable, Codable {
     case requestReply = "request_reply"
     /// `call.initiate` published → `incoming_call.received` at the receiver.
     case timeToRing = "time_to_ring"
+    /// `call.initiate` published → `outgoing_call.ringing` at the caller: the receiver's
+    /// device got the ring and sent its receipt (answered flows). "Ringing…" on the caller's screen.
+    case timeToRinging = "time_to_ringing"
     /// `call.accept` published → `outgoing_call.accepted` at the caller.
     case acceptToAccepted = "accept_to_accepted"
     /// The call's ring deadline (`expires_at`) → `outgoing_call.rejected` (unanswered) at the caller.

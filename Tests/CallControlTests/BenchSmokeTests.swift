@@ -56,10 +56,11 @@ import Testing
                 #expect(phase.figures.errors.isEmpty, "\(phase.name): \(phase.figures.errors)")
                 #expect(phase.figures.flowsFailed.isEmpty, "\(phase.name): \(phase.figures.flowsFailed)")
                 #expect(phase.figures.flows > 0)
-                for measure in ["request_reply", "time_to_ring", "accept_to_accepted"] {
+                for measure in ["request_reply", "time_to_ring", "time_to_ringing", "accept_to_accepted"] {
                     #expect((phase.figures.latency[measure]?.count ?? 0) > 0, "\(phase.name) has no \(measure)")
                 }
                 #expect(phase.figures.requestReplyByType["token.generate"] != nil)
+                #expect(phase.figures.requestReplyByType["call.ringing"] != nil, "the answered flow sends the ring receipt")
                 // The broker and the database are processes of their own here: their CPU is measured.
                 for server in ["postgresql", "rabbitmq"] {
                     #expect((phase.figures.cpu[server]?.millisecondsPerRequest ?? 0) > 0, "\(phase.name): no CPU for \(server)")

@@ -63,6 +63,12 @@ extension Gateway {
             let again = try await g.http("POST", "/v1/calls", token: alice.token, idempotencyKey: key, body: fields)
             #expect(again.body.at("call", "session_id") == .string(session), "the Idempotency-Key is the message_id")
             _ = try await bobsPhone.frame { $0["name"] == "incoming_call.received" && $0.sessionID == session }
+            // An app that rang by push sends its receipt over HTTP: the caller hears "Ringing…".
+            let receipt = try await g.http(
+                "POST", "/v1/calls/\(session)/ringing", token: bob.token, idempotencyKey: UUID().uuidString,
+                body: ["device_id": "bobs-ipad"])
+            #expect(receipt.status == 200)
+            #expect(receipt.body == ["ok": true])
             let live = try await g.http("GET", "/v1/calls/live", token: bob.token)
             #expect(live.status == 200)
             #expect(live.body["next"] == nil)
@@ -70,6 +76,12 @@ extension Gateway {
                 "POST", "/v1/calls/\(session)/accept", token: bob.token, idempotencyKey: UUID().uuidString)
             #expect(accepted.status == 200)
             #expect(accepted.body.at("call", "status") == "ongoing")
+            #expect(accepted.body.at("call", "participants") != nil)
+            // Apps without a socket keep the call live themselves.
+            let heartbeat = try await g.http(
+                "POST", "/v1/calls/\(session)/heartbeat", token: bob.token, idempotencyKey: UUID().uuidString)
+            #expect(heartbeat.status == 200)
+            #expect(heartbeat.body == ["ok": true])
             let twice = try await g.http(
                 "POST", "/v1/calls/\(session)/reject", token: bob.token, idempotencyKey: UUID().uuidString,
                 body: ["status": "rejected"])
@@ -85,6 +97,9 @@ extension Gateway {
             let ended = try await g.http(
                 "POST", "/v1/calls/\(session)/end", token: alice.token, idempotencyKey: UUID().uuidString)
             #expect(ended.body.at("call", "status") == "ended")
+            let over = try await g.http(
+                "POST", "/v1/calls/\(session)/heartbeat", token: bob.token, idempotencyKey: UUID().uuidString)
+            #expect(over.status == 409, "no heartbeat for an ended call")
             let history = try await g.http("GET", "/v1/calls?limit=1&direction=incoming", token: bob.token)
             #expect(history.status == 200)
             guard case .array(let calls)? = history.body["calls"] else {

@@ -9,12 +9,13 @@ import Testing
     @Test func parsesKindsAndWeights() throws {
         let mix = try FlowMix(parsing: "answered=3, rejected=1")
         #expect(mix.weights == [.answered: 3, .rejected: 1])
-        #expect(mix.requestsPerFlow == (3.0 * 5 + 1.0 * 2) / 4)
+        #expect(mix.requestsPerFlow == (3.0 * 6 + 1.0 * 2) / 4)
         #expect(mix.description == "answered=3,rejected=1")
     }
 
-    @Test func standardMixAveragesFourRequestsPerFlow() {
-        #expect(FlowMix.standard.requestsPerFlow == 4.0)
+    @Test func standardMixAverages4Point7RequestsPerFlow() {
+        // answered 6 (with the ring receipt) × 0.7 + 2 × 0.1 + 2 × 0.1 + 1 × 0.1
+        #expect(abs(FlowMix.standard.requestsPerFlow - 4.7) < 1e-9)
     }
 
     @Test(arguments: [
