@@ -156,9 +156,15 @@ struct History: AsyncParsableCommand {
         for call in page.calls {
             let other = call.initiator == uid ? "to \(call.receiverID)" : "from \(call.initiator)"
             let talk = call.durationSeconds.map { ", talked \($0) s" } ?? ""
+            // Why the server ended it, and who lost the connection (DESIGN §10).
+            let why = call.endReason.map { " (\($0.rawValue.replacingOccurrences(of: "_", with: " ")))" } ?? ""
+            let lost = call.participants.filter { $0.leftReason == .connectionLost }.map(\.uid)
+            let lostText = lost.isEmpty ? "" : "; lost the connection: \(lost.joined(separator: ", "))"
+            var fields = ["session_id": call.sessionID.uuidString.lowercased(), "status": call.status.rawValue]
+            if let reason = call.endReason { fields["end_reason"] = reason.rawValue }
             stack.show(
-                "\(WireTime.format(call.initiatedAt))  \(call.callType.rawValue) call \(other): \(call.status.rawValue)\(talk)",
-                ["session_id": call.sessionID.uuidString.lowercased(), "status": call.status.rawValue])
+                "\(WireTime.format(call.initiatedAt))  \(call.callType.rawValue) call \(other): \(call.status.rawValue)\(why)\(talk)\(lostText)",
+                fields)
         }
     }
 }
