@@ -1,7 +1,7 @@
-// Settings of the call-control service, read from the environment (DESIGN §6, §10).
-import Foundation
 public import AMQPClient
 public import CallRules
+// Settings of the call-control service, read from the environment (DESIGN §6, §10).
+import Foundation
 public import PostgresClient
 import RingingAuth
 public import RingingService

@@ -315,9 +315,13 @@ public final class CallControlService: ComposedService, Sendable {
         var logger = self.logger
         logger[metadataKey: "task"] = "ring-timer"
         let limits = configuration.liveness
-        // Heartbeats only move liveness deadlines later and new ones are at least a timeout
-        // away, so waking this often catches every one on time.
-        let longest = min(5, limits.heartbeatTimeout)
+        // Heartbeats only move liveness deadlines later, and a new one (a join, an answer) is
+        // at least the heartbeat timeout or the maximum duration away: looking this often
+        // catches every one on time.
+        let longest = min(5, limits.heartbeatTimeout, limits.maximumDuration)
+        // The sweep runs when its earliest deadline is due, not on every wake-up (each new
+        // ring deadline wakes the timer).
+        var sweepAt = ContinuousClock.now
         while !Task.isCancelled {
             var wait: Duration = .milliseconds(Int64(longest * 1000))
             do {
@@ -326,21 +330,32 @@ public final class CallControlService: ComposedService, Sendable {
                         (call, CallRules.expireIfDue(call, at: now), Self.ringDeadline, call.expiresAt)
                     }
                 }
-                let swept = try await fireDue(logger: logger, what: "liveness sweep") { db, now in
-                    try CallStore.lockCallsDueForSweep(
-                        db, heartbeatTimeout: limits.heartbeatTimeout, maximumDuration: limits.maximumDuration, limit: 100
-                    ).map { call in
-                        let deadline = CallRules.livenessDeadline(call, limits)
-                        return (call, CallRules.sweepIfDue(call, at: now, limits: limits), deadline?.reason.rawValue ?? "", deadline?.at ?? now)
+                var swept = 0
+                if ContinuousClock.now >= sweepAt {
+                    swept = try await fireDue(logger: logger, what: "liveness sweep") { db, now in
+                        try CallStore.lockCallsDueForSweep(
+                            db, heartbeatTimeout: limits.heartbeatTimeout, maximumDuration: limits.maximumDuration, limit: 100
+                        ).map { call in
+                            let deadline = CallRules.livenessDeadline(call, limits)
+                            return (
+                                call, CallRules.sweepIfDue(call, at: now, limits: limits), deadline?.reason.rawValue ?? "",
+                                deadline?.at ?? now
+                            )
+                        }
                     }
+                    let next = try await pool.withConnection {
+                        try await CallStore.secondsToNextSweep(
+                            $0, heartbeatTimeout: limits.heartbeatTimeout, maximumDuration: limits.maximumDuration)
+                    }
+                    sweepAt = ContinuousClock.now + Self.duration(min(max(0, next ?? longest), longest))
                 }
-                if fired == 100 || swept == 100 { continue }
-                if let seconds = try await pool.withConnection({
-                    try await CallStore.secondsToNextDeadline(
-                        $0, heartbeatTimeout: limits.heartbeatTimeout, maximumDuration: limits.maximumDuration)
-                }) {
-                    wait = .milliseconds(Int64(max(0, min(seconds, longest)) * 1000) + 2)
+                if fired == 100 || swept == 100 {
+                    if swept == 100 { sweepAt = ContinuousClock.now }
+                    continue
                 }
+                let ring = try await pool.withConnection { try await CallStore.secondsToNextDeadline($0) } ?? longest
+                wait = min(Self.duration(min(max(0, ring), longest)), max(.zero, sweepAt - ContinuousClock.now))
+                wait += .milliseconds(2)
             } catch {
                 logger.warning("ring timer failed; retrying", metadata: ["error": "\(error)"])
                 wait = .seconds(1)
@@ -348,6 +363,8 @@ public final class CallControlService: ComposedService, Sendable {
             await ringTimer.wait(timeout: wait)
         }
     }
+
+    private static func duration(_ seconds: Double) -> Duration { .milliseconds(Int64(seconds * 1000)) }
 
     private static let ringDeadline = "ring_deadline"
 
@@ -364,9 +381,10 @@ public final class CallControlService: ComposedService, Sendable {
     /// outbox; then publishes. Returns how many calls were due.
     private func fireDue(
         logger: Logger, what: String,
-        _ due: @escaping @Sendable (isolated PostgresConnection, Date) throws -> [(
-            call: CallSession, decision: CallDecision, reason: String, deadline: Date
-        )]
+        _ due:
+            @escaping @Sendable (isolated PostgresConnection, Date) throws -> [(
+                call: CallSession, decision: CallDecision, reason: String, deadline: Date
+            )]
     ) async throws -> Int {
         let outbox = try await pool.withConnection { connection in
             try await connection.withTransaction { db -> ([OutboxMessage], Int) in

@@ -117,7 +117,8 @@ enum RequestProcessor {
 
         case .heartbeat(let id, _):
             guard let call = try CallStore.lockCall(db, id) else { return notFound(id) }
-            return try commit(db, CallRules.heartbeat(call, by: actor, at: now), previous: call, isNew: false, job: job, reply: .ok)
+            return try commit(
+                db, CallRules.heartbeat(call, by: actor, at: now), previous: call, isNew: false, job: job, reply: .ok)
 
         case .get(let id):
             guard let call = try CallStore.loadCall(db, id) else { return notFound(id) }

@@ -325,7 +325,8 @@ public enum CallRules {
         guard participant.status == .accepted else {
             let why =
                 participant.status == .ringing
-                ? "'\(actor)' has not accepted this call" : "'\(actor)' is no longer in this call (\(participant.status.rawValue))"
+                ? "'\(actor)' has not accepted this call"
+                : "'\(actor)' is no longer in this call (\(participant.status.rawValue))"
             return decision.failing(invalidState(decision.call, why))
         }
         return decision

@@ -200,15 +200,20 @@ public enum CallStore {
                 """))
     }
 
-    /// Seconds until the earliest deadline of the ring timer or the liveness sweep (negative
-    /// when overdue), nil if none.
-    public static func secondsToNextDeadline(
+    /// Seconds until the earliest pending ring deadline (negative when overdue), nil if none.
+    public static func secondsToNextDeadline(_ db: isolated PostgresConnection) throws -> Double? {
+        try db.query("SELECT extract(epoch FROM min(expires_at) - clock_timestamp())::float8 FROM calls WHERE ring_pending")[0]
+            .decode(Double?.self, at: 0)
+    }
+
+    /// Seconds until the liveness sweep next has something to do (negative when overdue), nil
+    /// if no call is ongoing.
+    public static func secondsToNextSweep(
         _ db: isolated PostgresConnection, heartbeatTimeout: Double, maximumDuration: Double
     ) throws -> Double? {
         try db.query(
             """
             SELECT extract(epoch FROM least(
-                (SELECT min(expires_at) FROM calls WHERE ring_pending),
                 (SELECT min(last_seen_at) FROM call_participants WHERE status = 'accepted' AND last_seen_at IS NOT NULL)
                     + make_interval(secs => \(heartbeatTimeout)),
                 (SELECT min(answered_at) FROM calls WHERE status = 'ongoing') + make_interval(secs => \(maximumDuration))

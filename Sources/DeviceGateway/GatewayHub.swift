@@ -81,14 +81,14 @@ public final class GatewayHub: Sendable {
     }
 
     private func heartbeatsDue() -> [(String, UUID, DeviceSocket.Identity)] {
-            state.withLock { state in
-                var due: [(String, UUID, DeviceSocket.Identity)] = []
-                for (uid, session) in state.participations.due {
-                    let sockets = state.registry.sockets(of: uid).compactMap { state.sockets[$0] }
-                    if let identity = sockets.compactMap(\.current).first { due.append((uid, session, identity)) }
-                }
-                return due
+        state.withLock { state in
+            var due: [(String, UUID, DeviceSocket.Identity)] = []
+            for (uid, session) in state.participations.due {
+                let sockets = state.registry.sockets(of: uid).compactMap { state.sockets[$0] }
+                if let identity = sockets.compactMap(\.current).first { due.append((uid, session, identity)) }
             }
+            return due
+        }
     }
 
     private func heartbeat(uid: String, session: UUID, identity: DeviceSocket.Identity) async {

@@ -211,7 +211,8 @@ struct Device: Sendable {
             #expect(status == 0, "\(output)")
             #expect(output.contains("demo passed"))
             for callback in [
-                "onIncomingCallReceived", "onOutgoingCallRinging", "onOutgoingCallAccepted", "onCallAnsweredElsewhere", "onCallEndedMessageReceived",
+                "onIncomingCallReceived", "onOutgoingCallRinging", "onOutgoingCallAccepted", "onCallAnsweredElsewhere",
+                "onCallEndedMessageReceived",
             ] {
                 #expect(output.contains(callback))
             }

@@ -60,6 +60,10 @@ import Testing
                 let bothB = try await g.device("both-b")
                 let both = try await GatewayTests.initiate(bothA, to: bothB, timeout: 60)
                 _ = try await bothB.frame { $0["name"] == "incoming_call.received" && $0.sessionID == both }
+                // The callee's phone shows the ring and says so, twice (a retry): one change.
+                for _ in 0..<2 { #expect(try await bothB.request("call.ringing", ["session_id": .string(both)])["ok"] == true) }
+                let ringing = try await bothA.frame { $0["name"] == "outgoing_call.ringing" && $0.sessionID == both }
+                #expect(ringing.at("notification", "device_id") != nil)
                 try await Self.accept(bothB, both)
 
                 // 2. One side of a 1:1 call vanishes; the caller keeps its socket.
@@ -68,6 +72,8 @@ import Testing
                 let one = try await GatewayTests.initiate(oneA, to: oneB, timeout: 60)
                 _ = try await oneB.frame { $0["name"] == "incoming_call.received" && $0.sessionID == one }
                 try await Self.accept(oneB, one)
+                // A receipt after the answer changes nothing.
+                #expect(try await oneB.request("call.ringing", ["session_id": .string(one)])["ok"] == true)
 
                 // 3. A group call of three; one member vanishes and the other two go on.
                 let members = [try await g.device("grp-a"), try await g.device("grp-b"), try await g.device("grp-c")]
@@ -151,7 +157,7 @@ import Testing
 
                 // Exactly once each, in sequence, whatever the killed instance left behind.
                 let expected: [(String, [String])] = [
-                    (both, ["call.initiated", "call.accepted", "call.ended"]),
+                    (both, ["call.initiated", "call.ringing", "call.accepted", "call.ended"]),
                     (one, ["call.initiated", "call.accepted", "call.ended"]),
                     (group, ["call.initiated", "call.accepted", "call.joined", "call.left", "call.ended"]),
                     (long, ["call.initiated", "call.accepted", "call.ended"]),
