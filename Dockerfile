@@ -17,6 +17,7 @@ RUN swift build -c release --static-swift-stdlib \
     && cp "$(swift build -c release --show-bin-path)"/call-control /out/ \
     && cp "$(swift build -c release --show-bin-path)"/token-service /out/ \
     && cp "$(swift build -c release --show-bin-path)"/device-gateway /out/ \
+    && cp -R "$(swift build -c release --show-bin-path)"/Ringing_DeviceGateway.resources /out/ \
     && cp "$(swift build -c release --show-bin-path)"/ringctl /out/
 
 # Runtime stage: only the runtime libraries of rabbitmq-c and libpq.

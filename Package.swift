@@ -172,6 +172,8 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            // The web softphone's HTML, CSS and JavaScript, served as they are.
+            resources: [.copy("Softphone")],
             swiftSettings: strict
         ),
         .executableTarget(

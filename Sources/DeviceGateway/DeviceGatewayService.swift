@@ -112,6 +112,7 @@ public final class DeviceGatewayService: ComposedService, Sendable {
             await self.hub.serve(inbound: inbound, outbound: outbound, channel: context.requestContext.channel)
         }
         HTTPAPI.install(on: router, forwarder: forwarder, jwksCache: configuration.jwksCache)
+        Softphone.install(on: router, configuration: configuration, auth: hub.auth)
         return Application(
             router: router,
             server: .http1WebSocketUpgrade(

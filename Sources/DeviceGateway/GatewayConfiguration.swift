@@ -28,6 +28,8 @@ public struct GatewayConfiguration: Sendable {
     public var jwksCache: Duration
     /// How often the gateway sends `call.heartbeat` for its users' ongoing calls (DESIGN §10).
     public var heartbeatInterval: Duration
+    /// Serve the softphone from this folder instead of the bundled copy (to work on the page).
+    public var webRoot: String?
 
     public init(environment: Environment = Environment()) throws {
         amqp = try environment.amqpURL(account: "device-gateway")
@@ -53,6 +55,8 @@ public struct GatewayConfiguration: Sendable {
             "RINGING_GATEWAY_MAX_UNSENT_BYTES", default: 1 << 20, in: 4096...(1 << 30))
         jwksCache = .seconds(try environment.integer("RINGING_GATEWAY_JWKS_CACHE_S", default: 60, in: 0...86_400))
         heartbeatInterval = .seconds(try environment.integer("RINGING_GATEWAY_HEARTBEAT_S", default: 30, in: 1...3600))
+        let webRoot = environment.string("RINGING_GATEWAY_WEB_ROOT", default: "")
+        self.webRoot = webRoot.isEmpty ? nil : webRoot
     }
 
     public var usesDevelopmentSecret: Bool { authSecret == AuthTokens.developmentSecret }

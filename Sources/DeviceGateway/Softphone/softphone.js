@@ -1,0 +1,2 @@
+// placeholder
+document.getElementById("app").textContent = "Ringing softphone";
