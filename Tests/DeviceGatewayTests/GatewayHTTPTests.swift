@@ -16,6 +16,7 @@ struct HTTPReply: Sendable {
     var status: Int
     var headers: [String: String]
     var body: JSONObject
+    var text: String
 }
 
 extension Gateway {
@@ -37,7 +38,7 @@ extension Gateway {
         var headers: [String: String] = [:]
         for (key, value) in http.allHeaderFields { headers["\(key)".lowercased()] = "\(value)" }
         let object = (try? JSONDecoder().decode(JSONObject.self, from: data)) ?? [:]
-        return HTTPReply(status: http.statusCode, headers: headers, body: object)
+        return HTTPReply(status: http.statusCode, headers: headers, body: object, text: String(decoding: data, as: UTF8.self))
     }
 }
 
@@ -125,6 +126,46 @@ extension Gateway {
             let openapi = try await g.http("GET", "/v1/openapi.json")
             #expect(openapi.status == 200)
             #expect(openapi.body["openapi"] == "3.1.0")
+        }
+    }
+
+    /// The softphone's page and files, served with a policy that allows only this origin; the
+    /// development sign-in, which exists only with the development secret.
+    @Test func theSoftphoneIsServedAndSignsInOnlyInDevelopment() async throws {
+        try await Gateway.run { g in
+            let page = try await g.http("GET", "/")
+            #expect(page.status == 200)
+            #expect(page.headers["content-type"]?.hasPrefix("text/html") == true)
+            #expect(page.text.contains("/app/softphone.js"))
+            #expect(page.headers["content-security-policy"]?.contains("default-src 'self'") == true)
+            for (file, type) in [("softphone.js", "text/javascript"), ("softphone.css", "text/css")] {
+                let asset = try await g.http("GET", "/app/\(file)")
+                #expect(asset.status == 200, "\(file)")
+                #expect(asset.headers["content-type"]?.hasPrefix(type) == true, "\(file)")
+                #expect(!asset.text.isEmpty)
+            }
+            let missing = try await g.http("GET", "/app/nothing.js")
+            #expect(missing.status == 404)
+
+            let uid = TestEnvironment.uniqueName("web")
+            let signedIn = try await g.http("POST", "/v1/dev/token", body: ["uid": .string(uid)])
+            #expect(signedIn.status == 200)
+            #expect(signedIn.body["uid"] == .string(uid))
+            guard case .string(let token)? = signedIn.body["auth_token"] else {
+                Issue.record("no token: \(signedIn.body)")
+                return
+            }
+            // The token works on the socket.
+            let device = try await TestDevice.connect(g.wsURL, uid: uid)
+            try await device.hello(token: token)
+            let bad = try await g.http("POST", "/v1/dev/token", body: ["uid": "not a uid"])
+            #expect(bad.status == 400)
+            #expect(bad.body.at("error", "field") == "uid")
+        }
+        try await Gateway.run(["RINGING_AUTH_SECRET": String(repeating: "s", count: 40)]) { g in
+            let signIn = try await g.http("POST", "/v1/dev/token", body: ["uid": "alice"])
+            #expect(signIn.status == 404, "no development sign-in with a real secret")
+            #expect(try await g.http("GET", "/").status == 200, "the page itself is served (it asks for a token)")
         }
     }
 
