@@ -186,17 +186,29 @@ let package = Package(
             path: "Sources/DeviceGatewayMain",
             swiftSettings: strict
         ),
-        // The client library: the seed's calls and callbacks over AMQP.
+        // The client library: the seed's calls and callbacks through the device gateway's
+        // WebSocket. No rabbitmq-c: an iOS or Android-side Swift app can depend on it.
         .target(
             name: "RingingClient",
-            dependencies: ["AMQPClient", "CallRules", "RingingContract", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "CallRules", "RingingContract", .product(name: "Logging", package: "swift-log"),
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+            ],
+            swiftSettings: strict
+        ),
+        // The client library over the broker, for server-side users with a broker account.
+        .target(
+            name: "RingingClientAMQP",
+            dependencies: [
+                "RingingClient", "AMQPClient", "CallRules", "RingingContract", .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict
         ),
         // ringctl: tokens, calls from a terminal, the demo, history, groups, JWKS.
         .executableTarget(
             name: "ringctl",
             dependencies: [
-                "RingingClient", "RingingAuth", "RingingContract", "CallRules", "AMQPClient",
+                "RingingClient", "RingingClientAMQP", "RingingAuth", "RingingContract", "CallRules", "AMQPClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -233,7 +245,7 @@ let package = Package(
         // Test helpers shared by the integration tests (server addresses, stack restarts).
         .target(
             name: "TestSupport",
-            dependencies: ["AMQPClient", "CallRules", "RingingContract"],
+            dependencies: ["AMQPClient", "CallRules", "RingingContract", "RingingClient"],
             path: "Tests/TestSupport",
             swiftSettings: strict
         ),
@@ -247,7 +259,7 @@ let package = Package(
             name: "DeviceGatewayTests",
             dependencies: [
                 "DeviceGateway", "CallControl", "CallRules", "RingingContract", "RingingAuth", "RingingService", "AMQPClient",
-                "RingingOperations", "LoadGenerator",
+                "RingingOperations", "LoadGenerator", "RingingClient", "TokenService",
                 "TestSupport",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
@@ -259,7 +271,7 @@ let package = Package(
         .testTarget(
             name: "CallControlTests",
             dependencies: [
-                "CallControl", "TokenService", "CallTokens", "RingingClient", "LoadGenerator", "RingingOperations", "RingingTracing", "CallRules",
+                "CallControl", "TokenService", "CallTokens", "RingingClient", "RingingClientAMQP", "LoadGenerator", "RingingOperations", "RingingTracing", "CallRules",
                 "RingingContract",
                 "RingingAuth",
                 "CallStore",

@@ -1,7 +1,8 @@
 // The client library: the seed's calls (initiateCall, acceptCall, rejectCall, endCall,
 // getActiveCall, clearActiveCall, generateToken, history) and callbacks, over the Ringing
-// contract on RabbitMQ.
-public import AMQPClient
+// contract. By default it talks to the device gateway's WebSocket (GatewayTransport), which
+// is what an iOS or Android app uses; server-side users can take the broker instead
+// (AMQPTransport, in the module RingingClientAMQP). This module does not use rabbitmq-c.
 public import CallRules
 public import Foundation
 public import Logging
@@ -38,12 +39,6 @@ public enum RejectStatus: String, Sendable, CaseIterable {
     case rejected, cancelled, busy
 }
 
-/// No reply came in time for one attempt (the request is then sent again).
-struct NoReply: Error, CustomStringConvertible {
-    let timeout: Duration
-    var description: String { "no reply within \(timeout)" }
-}
-
 /// A signed call token for `startSession`.
 public struct CallToken: Sendable, Hashable {
     public let token: String
@@ -74,6 +69,8 @@ public protocol RingingClientDelegate: AnyObject, Sendable {
     func onCallRejectedElsewhere(_ call: Call, deviceID: String?)
     func onParticipantJoined(_ call: Call, uid: String?)
     func onParticipantLeft(_ call: Call, uid: String?)
+    /// The connection changed: show it (connecting, connected, reconnecting in N s).
+    func onConnectionStateChanged(_ state: ConnectionState)
 }
 
 extension RingingClientDelegate {
@@ -87,6 +84,7 @@ extension RingingClientDelegate {
     public func onCallRejectedElsewhere(_ call: Call, deviceID: String?) {}
     public func onParticipantJoined(_ call: Call, uid: String?) {}
     public func onParticipantLeft(_ call: Call, uid: String?) {}
+    public func onConnectionStateChanged(_ state: ConnectionState) {}
 }
 
 /// One notification, for those who prefer an `AsyncSequence` to a delegate.
@@ -101,10 +99,13 @@ public struct RingingNotification: Sendable, Hashable {
 }
 
 public struct RingingClientConfiguration: Sendable {
-    public var amqp: AMQPURL
+    /// The device gateway: its base URL (`http://127.0.0.1:8080`, the local stack) or its
+    /// WebSocket URL (`ws://…/v1/ws`).
+    public var gateway: URL
     /// The user's auth token (HS256 JWT from the deployment's identity service).
     public var authToken: String
-    /// This device, sent with accept/reject/end so the user's other devices learn who answered.
+    /// This device. Through the gateway it is the socket's device id (one is made up when nil);
+    /// the user's other devices see it in answered/rejected elsewhere.
     public var deviceID: String?
     /// How long one request waits for its reply before it is sent again (same message_id).
     public var replyTimeout: Duration = .seconds(10)
@@ -113,12 +114,16 @@ public struct RingingClientConfiguration: Sendable {
     /// Whether the client sends the ring receipt (`call.ringing`) when it hands an incoming
     /// call to the app. Turn it off when the app sends it itself, once the ring shows.
     public var sendsRingReceipts = true
-    /// How often the client sends `call.heartbeat` while its user is in an ongoing call
-    /// (DESIGN §10: a participant silent for 90 s is taken out of the call).
+    /// How often the client sends `call.heartbeat` while its user is in an ongoing call, when
+    /// the transport does not keep calls live by itself (over AMQP; the gateway does).
     public var heartbeatInterval: Duration = .seconds(30)
+    /// The first and the longest wait between reconnect attempts (doubling, with jitter).
+    public var reconnectBackoff: (initial: Duration, maximum: Duration) = (.milliseconds(500), .seconds(10))
 
-    public init(amqp: AMQPURL = AMQPURL(), authToken: String, deviceID: String? = nil) {
-        self.amqp = amqp
+    public init(
+        gateway: URL = URL(string: "http://127.0.0.1:8080")!, authToken: String, deviceID: String? = nil
+    ) {
+        self.gateway = gateway
         self.authToken = authToken
         self.deviceID = deviceID
     }
@@ -130,7 +135,7 @@ public final class RingingClient: Sendable {
     /// The user, read from the auth token's `sub`.
     public let uid: String
     public let notifications: AsyncStream<RingingNotification>
-    let amqp: AMQPConnection
+    public let transport: any RingingTransport
     let logger: Logger
     private let notificationInput: AsyncStream<RingingNotification>.Continuation
     private let state = Mutex(State())
@@ -138,26 +143,35 @@ public final class RingingClient: Sendable {
 
     struct State {
         var delegate: (any RingingClientDelegate)?
-        var waiting: [String: CheckedContinuation<WireReply, any Error>] = [:]
-        var arrived: [String: WireReply] = [:]
         var seenEvents: [String] = []
         var seenEventSet: Set<String> = []
         var lastSequence: [UUID: Int] = [:]
         var activeCall: Call?
+        /// Incoming calls handed to the app as ringing and not yet over for this device.
+        var ringing: [UUID: Call] = [:]
+        var connection: ConnectionState = .connecting
+        /// The device id the gateway knows this device by (the configured one, or its own).
+        var deviceID: String?
     }
 
-    public init(configuration: RingingClientConfiguration, logger: Logger = Logger(label: "ringing.client")) throws(RingingError)
-    {
+    /// A client through the device gateway (`configuration.gateway`), or through `transport`.
+    public init(
+        configuration: RingingClientConfiguration, transport: (any RingingTransport)? = nil,
+        logger: Logger = Logger(label: "ringing.client")
+    ) throws(RingingError) {
         guard let uid = Self.subject(of: configuration.authToken) else {
             throw RingingError(CallError(.unauthenticated, "the auth token is not a JWT with a 'sub' claim"))
         }
         self.configuration = configuration
         self.uid = uid
         self.logger = logger
-        var amqpConfiguration = AMQPConfiguration(url: configuration.amqp, connectionName: "ringing-client \(uid)")
-        amqpConfiguration.operationTimeout = configuration.replyTimeout
-        amqp = AMQPConnection(configuration: amqpConfiguration, logger: logger)
+        self.transport =
+            transport
+            ?? GatewayTransport(
+                gateway: configuration.gateway, authToken: configuration.authToken, deviceID: configuration.deviceID,
+                reconnect: configuration.reconnectBackoff, logger: logger)
         (notifications, notificationInput) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1000))
+        state.withLock { $0.deviceID = configuration.deviceID }
     }
 
     /// The delegate that receives the callbacks (held strongly until replaced).
@@ -166,53 +180,57 @@ public final class RingingClient: Sendable {
     }
 
     /// Runs the client until cancelled: keeps the connection (reconnecting by itself), listens
-    /// on `user.<uid>.#` and takes replies by direct reply-to.
+    /// for the user's notifications and, when the transport does not, keeps ongoing calls live.
     public func run() async throws {
-        do {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { await self.amqp.run() }
-                defer { group.cancelAll() }
-                let replies = try await amqp.consumeDirectReplies()
-                let queue = "ringing.client.\(uid).\(UUID().uuidString.prefix(8).lowercased())"
-                try await amqp.declare(
-                    AMQPTopology(
-                        exchanges: [AMQPExchange(Topology.notificationsExchange, kind: .topic)],
-                        queues: [AMQPQueue(queue, durable: false, exclusive: true, autoDelete: true)],
-                        bindings: [
-                            AMQPBinding(
-                                queue: queue, exchange: Topology.notificationsExchange,
-                                routingKey: RoutingKey.allNotifications(for: uid))
-                        ]))
-                let incoming = try await amqp.consume(queue: queue, prefetch: 200)
-                group.addTask {
-                    for try await delivery in replies { self.receiveReply(delivery) }
-                }
-                group.addTask {
-                    for try await delivery in incoming {
-                        delivery.ack()
-                        self.receiveNotification(delivery)
-                    }
-                }
-                group.addTask { await self.sendHeartbeats() }
-                markReady(.success(()))
-                try await group.next()
-            }
-        } catch {
-            markReady(
-                .failure(RingingError(CallError(.unavailable, "cannot reach the broker at \(configuration.amqp): \(error)"))))
-            notificationInput.finish()
-            throw error
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.transport.run { event in self.handle(event) } }
+            if !transport.keepsCallsLive { group.addTask { await self.sendHeartbeats() } }
+            await group.next()
+            group.cancelAll()
         }
+        markReady(.failure(RingingError(CallError(.unavailable, "the client stopped"))))
         notificationInput.finish()
+        if Task.isCancelled { throw CancellationError() }
     }
 
-    /// Runs `body` with a running client.
+    /// Where the connection stands now.
+    public var connectionState: ConnectionState { state.withLock { $0.connection } }
+
+    /// The device id the server knows this device by.
+    public var deviceID: String? { state.withLock { $0.deviceID } }
+
+    private func handle(_ event: TransportEvent) {
+        switch event {
+        case .state(let connection):
+            let delegate = state.withLock { state in
+                state.connection = connection
+                return state.delegate
+            }
+            delegate?.onConnectionStateChanged(connection)
+        case .unreachable(let why):
+            markReady(.failure(RingingError(CallError(.unavailable, why))))
+        case .listening(let snapshot, let deviceID):
+            if let deviceID { state.withLock { $0.deviceID = deviceID } }
+            markReady(.success(()))
+            if let snapshot { apply(snapshot) }
+        case .notification(let event):
+            receive(event)
+        }
+    }
+
+    /// Runs `body` with a running client through the gateway of `configuration`.
     public static func withClient<T: Sendable>(
         configuration: RingingClientConfiguration, logger: Logger = Logger(label: "ringing.client"),
         _ body: @Sendable (RingingClient) async throws -> T
     ) async throws -> T {
-        let client = try RingingClient(configuration: configuration, logger: logger)
-        return try await withThrowingTaskGroup(of: Void.self) { group in
+        try await withClient(try RingingClient(configuration: configuration, logger: logger), body)
+    }
+
+    /// Runs `client`, then `body` once it listens; stops the client afterwards.
+    public static func withClient<T: Sendable>(_ client: RingingClient, _ body: @Sendable (RingingClient) async throws -> T)
+        async throws -> T
+    {
+        try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await client.run() }
             defer { group.cancelAll() }
             try await client.waitUntilReady()
@@ -247,10 +265,12 @@ public final class RingingClient: Sendable {
         for waiter in waiters { waiter.resume(with: result) }
     }
 
-    /// Waits until the connection to the broker is up (after a broker restart, for example);
-    /// notifications published while it was down are not delivered.
+    /// Waits until the client listens again (after a reconnect, for example).
     public func waitUntilConnected() async throws {
-        try await amqp.waitUntilConnected()
+        while connectionState != .connected {
+            try Task.checkCancellation()
+            try await Task.sleep(for: .milliseconds(50))
+        }
     }
 
     // MARK: - The seed's calls
@@ -331,7 +351,7 @@ public final class RingingClient: Sendable {
     /// the client itself when `sendsRingReceipts` is on.
     public func sendRingReceipt(sessionID: UUID) async throws(RingingError) {
         var fields: JSONObject = ["session_id": .string(sessionID.uuidString)]
-        if let deviceID = configuration.deviceID { fields["device_id"] = .string(deviceID) }
+        if let deviceID = self.deviceID { fields["device_id"] = .string(deviceID) }
         _ = try await send(.ringing, fields)
     }
 
@@ -339,7 +359,7 @@ public final class RingingClient: Sendable {
     /// every `heartbeatInterval` while it tracks an ongoing call.
     public func sendHeartbeat(sessionID: UUID) async throws(RingingError) {
         var fields: JSONObject = ["session_id": .string(sessionID.uuidString)]
-        if let deviceID = configuration.deviceID { fields["device_id"] = .string(deviceID) }
+        if let deviceID = self.deviceID { fields["device_id"] = .string(deviceID) }
         _ = try await send(.heartbeat, fields)
     }
 
@@ -361,14 +381,14 @@ public final class RingingClient: Sendable {
 
     /// The token service's public keys (`token.jwks`).
     public func jwks() async throws(RingingError) -> [JSONObject] {
-        try await send(.jwks, [:], authenticated: false).keys ?? []
+        try await send(.jwks, [:]).keys ?? []
     }
 
     // MARK: - Requests
 
     private func call(_ type: RequestType, _ fields: JSONObject, device: Bool = false) async throws(RingingError) -> Call {
         var fields = fields
-        if device, let deviceID = configuration.deviceID { fields["device_id"] = .string(deviceID) }
+        if device, let deviceID = self.deviceID { fields["device_id"] = .string(deviceID) }
         guard let call = try await send(type, fields).call else {
             throw RingingError(CallError(.unavailable, "the reply to \(type.rawValue) had no call"))
         }
@@ -378,22 +398,13 @@ public final class RingingClient: Sendable {
     /// Sends a request with a fresh message_id and waits for its reply; a lost reply (timeout,
     /// reconnect) sends it again with the same message_id, which the server answers with the
     /// original reply. Error replies throw `RingingError`.
-    func send(_ type: RequestType, _ fields: JSONObject, authenticated: Bool = true) async throws(RingingError) -> WireReply {
-        var body = fields
-        if authenticated { body["auth_token"] = .string(configuration.authToken) }
-        let data = (try? JSONEncoder().encode(body)) ?? Data()
-        let messageID = UUID().uuidString
+    func send(_ type: RequestType, _ fields: JSONObject) async throws(RingingError) -> WireReply {
+        let messageID = UUID().uuidString.lowercased()
         var lastError = "no reply"
         for _ in 0..<max(1, configuration.attempts) {
-            let correlation = UUID().uuidString
-            let message = AMQPMessage(
-                exchange: Topology.commandsExchange, routingKey: type.rawValue, body: data,
-                properties: AMQPProperties(
-                    contentType: "application/json", deliveryMode: .persistent, correlationID: correlation,
-                    replyTo: AMQPConnection.directReplyTo, messageID: messageID))
             let reply: WireReply
             do {
-                reply = try await exchange(message, correlation: correlation)
+                reply = try await transport.request(type, fields, id: messageID, timeout: configuration.replyTimeout)
             } catch {
                 lastError = "\(error)"
                 logger.debug(
@@ -406,69 +417,19 @@ public final class RingingClient: Sendable {
         }
         throw RingingError(
             CallError(
-                .unavailable, "no reply to \(type.rawValue) from \(configuration.amqp) (\(lastError)); is the stack running?"))
-    }
-
-    private func exchange(_ message: AMQPMessage, correlation: String) async throws -> WireReply {
-        try await amqp.publish(message)
-        return try await withThrowingTaskGroup(of: WireReply?.self) { group in
-            group.addTask { try await self.awaitReply(correlation) }
-            group.addTask {
-                try await Task.sleep(for: self.configuration.replyTimeout)
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let reply = try await group.next()! else { throw NoReply(timeout: configuration.replyTimeout) }
-            return reply
-        }
-    }
-
-    private func awaitReply(_ correlation: String) async throws -> WireReply {
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { continuation in
-                let ready = state.withLock { state -> Result<WireReply, any Error>? in
-                    if let reply = state.arrived.removeValue(forKey: correlation) { return .success(reply) }
-                    if Task.isCancelled { return .failure(CancellationError()) }
-                    state.waiting[correlation] = continuation
-                    return nil
-                }
-                if let ready { continuation.resume(with: ready) }
-            }
-        } onCancel: {
-            state.withLock { $0.waiting.removeValue(forKey: correlation) }?.resume(throwing: CancellationError())
-        }
-    }
-
-    private func receiveReply(_ delivery: AMQPDelivery) {
-        guard let correlation = delivery.properties.correlationID,
-            let reply = try? WireTime.decoder.decode(WireReply.self, from: delivery.body)
-        else { return }
-        let waiter = state.withLock { state -> CheckedContinuation<WireReply, any Error>? in
-            if let waiter = state.waiting.removeValue(forKey: correlation) { return waiter }
-            // A reply that beat its waiter, or one for an attempt given up on: kept briefly.
-            if state.arrived.count > 1000 { state.arrived.removeAll() }
-            state.arrived[correlation] = reply
-            return nil
-        }
-        waiter?.resume(returning: reply)
+                .unavailable, "no reply to \(type.rawValue) from \(transport.endpoint) (\(lastError)); is the stack running?"))
     }
 
     // MARK: - Notifications
 
-    private func receiveNotification(_ delivery: AMQPDelivery) {
-        // Only call-control makes a device ring (DESIGN §9): the broker vouches for user_id.
-        guard delivery.properties.userID == Topology.publisherAccount else {
-            logger.warning(
-                "ignoring a notification not published by call-control",
-                metadata: ["user_id": "\(delivery.properties.userID ?? "none")", "routing_key": "\(delivery.routingKey)"])
+    /// One notification from the transport: deduplicated, checked for staleness, tracked, and
+    /// handed to the stream and the delegate.
+    private func receive(_ event: WireEvent) {
+        guard let name = NotificationName(rawValue: event.type) else {
+            logger.warning("ignoring a notification of an unknown kind", metadata: ["type": "\(event.type)"])
             return
         }
-        guard let event = try? WireTime.decoder.decode(WireEvent.self, from: delivery.body),
-            let name = NotificationName(rawValue: event.type)
-        else {
-            logger.warning("ignoring a notification that does not parse", metadata: ["routing_key": "\(delivery.routingKey)"])
-            return
-        }
+        let session = event.call.sessionID
         let (fresh, delegate) = state.withLock { state -> (Bool, (any RingingClientDelegate)?) in
             // Duplicates (republished by the outbox relay) and stale ones (older than what this
             // client has seen of the call) are dropped.
@@ -479,9 +440,23 @@ public final class RingingClient: Sendable {
                 state.seenEventSet.subtract(state.seenEvents.prefix(2500))
                 state.seenEvents.removeFirst(2500)
             }
-            let last = state.lastSequence[event.call.sessionID] ?? 0
+            let last = state.lastSequence[session] ?? 0
             guard event.sequence >= last else { return (false, nil) }
-            state.lastSequence[event.call.sessionID] = event.sequence
+            state.lastSequence[session] = event.sequence
+            switch name {
+            case .incomingCallReceived:
+                // Already ringing here (from a welcome's snapshot): not twice.
+                guard state.ringing[session] == nil else { return (false, nil) }
+                state.ringing[session] = event.call
+            case .answeredElsewhere, .rejectedElsewhere:
+                state.ringing[session] = nil
+                // This device's own answer or decline: it knows already.
+                if let own = state.deviceID, event.deviceID == own { return (false, nil) }
+            case .incomingCallCanceled:
+                state.ringing[session] = nil
+            default:
+                break
+            }
             return (true, state.delegate)
         }
         guard fresh else { return }
@@ -490,23 +465,95 @@ public final class RingingClient: Sendable {
             name: name, call: event.call, actor: event.actor, deviceID: event.deviceID, eventID: event.eventID,
             sequence: event.sequence)
         notificationInput.yield(notification)
-        guard let delegate = delegate ?? state.withLock({ $0.delegate }) else {
-            if name == .incomingCallReceived { receipt(for: event.call) }
-            return
-        }
+        if name == .incomingCallReceived { receipt(for: event.call) }
+        delegate.map { Self.dispatch(name, event.call, actor: event.actor, deviceID: event.deviceID, to: $0) }
+    }
+
+    private static func dispatch(
+        _ name: NotificationName, _ call: Call, actor: String?, deviceID: String?, to delegate: any RingingClientDelegate
+    ) {
         switch name {
-        case .incomingCallReceived:
-            delegate.onIncomingCallReceived(event.call)
-            receipt(for: event.call)
-        case .outgoingCallRinging: delegate.onOutgoingCallRinging(event.call, deviceID: event.deviceID)
-        case .outgoingCallAccepted: delegate.onOutgoingCallAccepted(event.call)
-        case .outgoingCallRejected: delegate.onOutgoingCallRejected(event.call)
-        case .incomingCallCanceled: delegate.onIncomingCallCanceled(event.call)
-        case .callEnded: delegate.onCallEndedMessageReceived(event.call)
-        case .answeredElsewhere: delegate.onCallAnsweredElsewhere(event.call, deviceID: event.deviceID)
-        case .rejectedElsewhere: delegate.onCallRejectedElsewhere(event.call, deviceID: event.deviceID)
-        case .participantJoined: delegate.onParticipantJoined(event.call, uid: event.actor)
-        case .participantLeft: delegate.onParticipantLeft(event.call, uid: event.actor)
+        case .incomingCallReceived: delegate.onIncomingCallReceived(call)
+        case .outgoingCallRinging: delegate.onOutgoingCallRinging(call, deviceID: deviceID)
+        case .outgoingCallAccepted: delegate.onOutgoingCallAccepted(call)
+        case .outgoingCallRejected: delegate.onOutgoingCallRejected(call)
+        case .incomingCallCanceled: delegate.onIncomingCallCanceled(call)
+        case .callEnded: delegate.onCallEndedMessageReceived(call)
+        case .answeredElsewhere: delegate.onCallAnsweredElsewhere(call, deviceID: deviceID)
+        case .rejectedElsewhere: delegate.onCallRejectedElsewhere(call, deviceID: deviceID)
+        case .participantJoined: delegate.onParticipantJoined(call, uid: actor)
+        case .participantLeft: delegate.onParticipantLeft(call, uid: actor)
+        }
+    }
+
+    /// A welcome's snapshot: the user's calls that ring or are live now. Calls that ring now
+    /// ring here (if they do not already); calls that rang here but are gone from it ended
+    /// while this device was away, and calls the app was in likewise: each is read once and
+    /// told to the app as the notification it missed.
+    private func apply(_ snapshot: [WireCall]) {
+        let live = Dictionary(snapshot.map { ($0.sessionID, $0) }) { a, _ in a }
+        let (newlyRinging, vanished, delegate) = state.withLock { state -> ([Call], [Call], (any RingingClientDelegate)?) in
+            for call in snapshot { state.lastSequence[call.sessionID] = max(state.lastSequence[call.sessionID] ?? 0, call.sequence) }
+            var newlyRinging: [Call] = []
+            for call in snapshot where call.participant(uid)?.status == .ringing && state.ringing[call.sessionID] == nil {
+                state.ringing[call.sessionID] = call
+                newlyRinging.append(call)
+            }
+            var vanished = state.ringing.values.filter { live[$0.sessionID] == nil }
+            for call in vanished { state.ringing[call.sessionID] = nil }
+            if let active = state.activeCall {
+                if let now = live[active.sessionID] { state.activeCall = now } else { vanished.append(active) }
+            }
+            return (newlyRinging, vanished, state.delegate)
+        }
+        for call in snapshot where call.participant(uid)?.status == .accepted { trackNotification(call) }
+        for call in newlyRinging {
+            notificationInput.yield(
+                RingingNotification(
+                    name: .incomingCallReceived, call: call, actor: call.initiator, deviceID: nil, eventID: call.sessionID,
+                    sequence: call.sequence))
+            delegate?.onIncomingCallReceived(call)
+            receipt(for: call)
+        }
+        guard !vanished.isEmpty else { return }
+        Task {
+            for missed in vanished {
+                guard let call = try? await self.getCall(sessionID: missed.sessionID) else { continue }
+                self.catchUp(missed: missed, now: call)
+            }
+        }
+    }
+
+    /// Tells the app how a call it knew ended while this device was away.
+    private func catchUp(missed: Call, now call: Call) {
+        let me = call.participant(uid)
+        let name: NotificationName?
+        if missed.participant(uid)?.status == .ringing {
+            switch me?.status {
+            case .accepted?, .left?: name = .answeredElsewhere
+            case .rejected?, .busy?: name = .rejectedElsewhere
+            default: name = .incomingCallCanceled
+            }
+        } else if call.status == .ended {
+            name = .callEnded
+        } else if call.status.isTerminal {
+            name = me?.role == .initiator ? .outgoingCallRejected : .incomingCallCanceled
+        } else {
+            name = nil
+        }
+        trackNotification(call)
+        guard let name else { return }
+        let fresh = state.withLock { state -> Bool in
+            guard call.sequence >= (state.lastSequence[call.sessionID] ?? 0) else { return false }
+            state.lastSequence[call.sessionID] = call.sequence
+            return true
+        }
+        guard fresh else { return }
+        notificationInput.yield(
+            RingingNotification(
+                name: name, call: call, actor: call.endedBy, deviceID: nil, eventID: call.sessionID, sequence: call.sequence))
+        if let delegate = state.withLock({ $0.delegate }) {
+            Self.dispatch(name, call, actor: call.endedBy, deviceID: nil, to: delegate)
         }
     }
 
@@ -544,7 +591,7 @@ public final class RingingClient: Sendable {
     }
 
     /// The `sub` claim of a JWT, read without verifying (the server verifies).
-    static func subject(of token: String) -> String? {
+    public static func subject(of token: String) -> String? {
         let parts = token.split(separator: ".")
         guard parts.count >= 2 else { return nil }
         var base64 = String(parts[1]).replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")

@@ -30,15 +30,55 @@ enum Input: Sendable {
     case interrupt
 }
 
-/// Merges notifications, typed lines (read on a thread of their own) and Ctrl-C into one stream.
+/// The terminal in raw mode while `listen` runs: single keys act at once, without Enter and
+/// without echo. Ctrl-C still interrupts (ISIG stays on); the settings come back on exit, on
+/// Ctrl-C and on any other way out.
+enum RawTerminal {
+    nonisolated(unsafe) private static var saved: termios?
+
+    /// Switches stdin to raw mode when it is a terminal; returns whether it did.
+    static func enable() -> Bool {
+        guard isatty(STDIN_FILENO) == 1 else { return false }
+        var settings = termios()
+        guard tcgetattr(STDIN_FILENO, &settings) == 0 else { return false }
+        saved = settings
+        settings.c_lflag &= ~tcflag_t(ICANON | ECHO)
+        withUnsafeMutableBytes(of: &settings.c_cc) { cc in
+            cc[Int(VMIN)] = 1
+            cc[Int(VTIME)] = 0
+        }
+        guard tcsetattr(STDIN_FILENO, TCSANOW, &settings) == 0 else { return false }
+        atexit { RawTerminal.restore() }
+        return true
+    }
+
+    static func restore() {
+        guard var settings = saved else { return }
+        _ = tcsetattr(STDIN_FILENO, TCSANOW, &settings)
+        saved = nil
+    }
+}
+
+/// Merges notifications, keys (one at a time in a raw terminal, else typed lines; read on a
+/// thread of their own) and Ctrl-C into one stream.
 func inputs(from client: RingingClient, keyboard: Bool, interrupt: Bool) -> AsyncStream<Input> {
     let (stream, continuation) = AsyncStream<Input>.makeStream()
     let forward = Task {
         for await notification in client.notifications { continuation.yield(.notification(notification)) }
     }
     if keyboard {
+        let raw = RawTerminal.enable()
         let thread = Thread {
-            while let line = readLine() { continuation.yield(.line(line.trimmingCharacters(in: .whitespaces).lowercased())) }
+            if raw {
+                var byte: UInt8 = 0
+                while read(STDIN_FILENO, &byte, 1) == 1 {
+                    if byte == 4 { break }  // Ctrl-D
+                    let key = String(UnicodeScalar(byte)).lowercased().trimmingCharacters(in: .whitespacesAndNewlines)
+                    if !key.isEmpty { continuation.yield(.line(key)) }
+                }
+            } else {
+                while let line = readLine() { continuation.yield(.line(line.trimmingCharacters(in: .whitespaces).lowercased())) }
+            }
             continuation.yield(.endOfInput)
         }
         thread.start()
@@ -55,6 +95,7 @@ func inputs(from client: RingingClient, keyboard: Bool, interrupt: Bool) -> Asyn
     continuation.onTermination = { _ in
         forward.cancel()
         keep?.cancel()
+        RawTerminal.restore()
     }
     return stream
 }
@@ -62,7 +103,8 @@ func inputs(from client: RingingClient, keyboard: Bool, interrupt: Bool) -> Asyn
 struct Listen: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show incoming calls live and answer them from the keyboard.",
-        discussion: "Type a + Enter to accept, r to reject, b to answer busy, e to end the call, q to quit.")
+        discussion:
+            "Press a to accept, r to reject, b to answer busy, e to end the call, q (or Ctrl-C) to quit: in a terminal each key acts at once; from a pipe, one key per line.")
 
     @Argument(help: "The user to listen as.") var uid: String
     @Option(help: "This device's id (other devices of the user see it).") var device: String = "ringctl-listen"
@@ -73,7 +115,8 @@ struct Listen: AsyncParsableCommand {
             stack.show("listening as \(uid) — a: accept, r: reject, b: busy, e: end, q: quit", ["uid": uid])
             var ringing: Call?
             var current: Call?
-            for await input in inputs(from: client, keyboard: true, interrupt: false) {
+            defer { RawTerminal.restore() }
+            for await input in inputs(from: client, keyboard: true, interrupt: true) {
                 switch input {
                 case .notification(let notification):
                     let call = notification.call

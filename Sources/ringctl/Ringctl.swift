@@ -7,6 +7,7 @@ import Foundation
 import Logging
 import RingingAuth
 import RingingClient
+import RingingClientAMQP
 import RingingContract
 
 @main
@@ -21,8 +22,18 @@ struct Ringctl: AsyncParsableCommand {
 
 /// Options every command that talks to the stack takes.
 struct StackOptions: ParsableArguments {
-    @Option(name: .customLong("amqp-url"), help: "The broker (default: RINGING_AMQP_URL or the local stack).")
-    var amqpURL: String = ProcessInfo.processInfo.environment["RINGING_AMQP_URL"] ?? "amqp://admin:admin@127.0.0.1:5672/"
+    @Option(
+        name: .customLong("gateway"),
+        help: "The device gateway, as a phone reaches it (default: RINGING_GATEWAY_URL or the local stack's).")
+    var gatewayURL: String = ProcessInfo.processInfo.environment["RINGING_GATEWAY_URL"] ?? "http://127.0.0.1:8080"
+
+    @Flag(help: "Talk to the broker instead of the gateway (needs the admin account to read notifications).")
+    var amqp = false
+
+    @Option(
+        name: .customLong("amqp-url"),
+        help: "The broker, with --amqp (default: RINGING_AMQP_URL or the local stack's admin account); implies --amqp.")
+    var amqpURL: String?
 
     @Option(
         name: .customLong("auth-secret"),
@@ -32,8 +43,21 @@ struct StackOptions: ParsableArguments {
     @Flag(help: "Print JSON lines instead of text.")
     var json = false
 
+    /// Whether the broker path was asked for.
+    var usesAMQP: Bool { amqp || amqpURL != nil }
+
     func url() throws -> AMQPURL {
-        do { return try AMQPURL(amqpURL) } catch { throw ValidationError("--amqp-url: \(error.message)") }
+        let text = amqpURL ?? ProcessInfo.processInfo.environment["RINGING_AMQP_URL"] ?? "amqp://admin:admin@127.0.0.1:5672/"
+        do { return try AMQPURL(text) } catch { throw ValidationError("--amqp-url: \(error.message)") }
+    }
+
+    func gateway() throws -> URL {
+        guard let url = URL(string: gatewayURL), let scheme = url.scheme?.lowercased(),
+            ["http", "https", "ws", "wss"].contains(scheme), url.host != nil
+        else {
+            throw ValidationError("--gateway: '\(gatewayURL)' is not an http(s):// or ws(s):// URL of the device gateway")
+        }
+        return url
     }
 
     func tokens() async throws -> AuthTokens {
@@ -46,13 +70,17 @@ struct StackOptions: ParsableArguments {
     ) async throws -> T {
         try validate(uid: uid)
         var configuration = RingingClientConfiguration(
-            amqp: try url(), authToken: try await tokens().mint(uid: uid, service: service), deviceID: device)
+            gateway: try gateway(), authToken: try await tokens().mint(uid: uid, service: service), deviceID: device)
         configuration.replyTimeout = .seconds(5)
         configuration.attempts = 2
         var logger = Logger(label: "ringctl")
         logger.logLevel = .critical
         do {
-            return try await RingingClient.withClient(configuration: configuration, logger: logger, body)
+            let client =
+                usesAMQP
+                ? try RingingClient(amqp: try url(), configuration: configuration, logger: logger)
+                : try RingingClient(configuration: configuration, logger: logger)
+            return try await RingingClient.withClient(client, body)
         } catch let error as RingingError {
             throw CleanExit.message("ringctl: \(error)")
         }

@@ -13,6 +13,7 @@ import RingingContract
 import RingingOperations
 import RingingService
 import ServiceLifecycle
+import TokenService
 import Synchronization
 import TestSupport
 
@@ -28,6 +29,9 @@ struct Gateway: Sendable {
     let service: DeviceGatewayService
 
     var wsURL: String { "ws://127.0.0.1:\(port)/v1/ws" }
+
+    /// Tokens signed with the development secret, as the test stack's services take them.
+    static func developmentAuth() async throws -> AuthTokens { try await AuthTokens(secret: AuthTokens.developmentSecret) }
 
     /// A fresh user and a token for it.
     func user(_ name: String, lifetime: Duration = .seconds(3600)) async throws -> (uid: String, token: String) {
@@ -75,19 +79,30 @@ struct Gateway: Sendable {
     /// Runs `body` against a gateway in this process and, unless the test runs its own
     /// (`callControl: false`), a call-control instance in this process.
     static func run(
-        _ extra: [String: String] = [:], callControl withCallControl: Bool = true, limit: Duration = .seconds(240),
-        _ body: @escaping @Sendable (Gateway) async throws -> Void
+        _ extra: [String: String] = [:], callControl withCallControl: Bool = true, tokens: Bool = false,
+        limit: Duration = .seconds(240), _ body: @escaping @Sendable (Gateway) async throws -> Void
     ) async throws {
         _ = RingingMetrics.registry
         let callControl =
             withCallControl
             ? try await CallControlService(configuration: try callControlConfiguration(), logger: quietLogger("cc-gw-test"))
             : nil
+        let tokenService =
+            tokens
+            ? try await TokenService(
+                configuration: try TokenServiceConfiguration(
+                    environment: Environment([
+                        "RINGING_AMQP_URL": TestEnvironment.amqpURL(account: "token-service"),
+                        "RINGING_TOKEN_DATABASE_URL": TestEnvironment.readerDatabaseURL,
+                        "RINGING_INSTANCE": TestEnvironment.uniqueName("token-gw-test"), "RINGING_HTTP_PORT": "0",
+                    ])), logger: quietLogger("token-gw-test"))
+            : nil
         let gateway = try await DeviceGatewayService(configuration: try configuration(extra), logger: quietLogger("gw-test"))
         try await withDeadline(limit, "the gateway scenario") {
             let group = ServiceGroup(
                 configuration: ServiceGroupConfiguration(
-                    services: (callControl?.serviceGroupEntries ?? []) + gateway.serviceGroupEntries,
+                    services: (callControl?.serviceGroupEntries ?? []) + (tokenService?.serviceGroupEntries ?? [])
+                        + gateway.serviceGroupEntries,
                     logger: quietLogger("gw-scenario")))
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await group.run() }
