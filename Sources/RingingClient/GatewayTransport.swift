@@ -5,6 +5,9 @@
 public import CallRules
 public import Foundation
 import HummingbirdWSClient
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 public import Logging
 public import RingingContract
 import Synchronization
@@ -66,6 +69,7 @@ public final class GatewayTransport: RingingTransport {
     }
 
     public func request(_ type: RequestType, _ fields: JSONObject, id: String, timeout: Duration) async throws -> WireReply {
+        if type == .setGroupMembers { return try await setGroupMembers(fields, id: id, timeout: timeout) }
         let frame = Self.encode(["type": "request", "id": .string(id), "request": .string(type.rawValue), "body": .object(fields)])
         return try await withReplyTimeout(timeout) {
             try await withTaskCancellationHandler {
@@ -186,6 +190,25 @@ public final class GatewayTransport: RingingTransport {
             break
         }
         return false
+    }
+
+    /// `group.set_members` is not a socket request (service role, HTTP only, DESIGN §7): it
+    /// goes to `PUT /v1/groups/{group_id}/members`.
+    private func setGroupMembers(_ fields: JSONObject, id: String, timeout: Duration) async throws -> WireReply {
+        guard case .string(let group)? = fields["group_id"], var components = URLComponents(string: url) else {
+            return WireReply.error(.invalid("group_id", "group_id is required"))
+        }
+        components.scheme = components.scheme == "wss" ? "https" : "http"
+        components.path = "/v1/groups/\(group)/members"
+        guard let address = components.url else { return WireReply.error(.invalid("group_id", "not a usable group id")) }
+        var request = URLRequest(url: address, timeoutInterval: Double(timeout.components.seconds) + 1)
+        request.httpMethod = "PUT"
+        request.setValue("Bearer \(token.withLock { $0 })", forHTTPHeaderField: "Authorization")
+        request.setValue(id, forHTTPHeaderField: "Idempotency-Key")
+        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        request.httpBody = try JSONEncoder().encode(["members": fields["members"] ?? .array([])])
+        let (data, _) = try await URLSession.shared.data(for: request)
+        return try WireTime.decoder.decode(WireReply.self, from: data)
     }
 
     static func encode(_ object: JSONObject) -> String {

@@ -85,6 +85,28 @@ extension Gateway {
         }
     }
 
+    /// `group.set_members` is HTTP only at the gateway: the client takes that route for it.
+    @Test func aServiceSetsAGroupThroughTheGatewayAndItRings() async throws {
+        try await Gateway.run { g in
+            let (alice, bob) = (TestEnvironment.uniqueName("alice"), TestEnvironment.uniqueName("bob"))
+            let group = TestEnvironment.uniqueName("team")
+            var configuration = RingingClientConfiguration(
+                gateway: URL(string: "http://127.0.0.1:\(g.port)")!,
+                authToken: try await g.auth.mint(uid: "backend", service: true))
+            configuration.replyTimeout = .seconds(30)
+            try await RingingClient.withClient(configuration: configuration, logger: quietLogger("service")) { service in
+                try await service.setGroupMembers(groupID: group, members: [alice, bob])
+            }
+            try await g.withDevices([(alice, "a"), (bob, "b")]) { devices in
+                let call = try await devices[0].client.initiateCall(receiverID: group, receiverType: .group)
+                try await devices[1].expect(.incomingCallReceived, call.sessionID)
+                await #expect { try await devices[0].client.setGroupMembers(groupID: group, members: [alice]) } throws: {
+                    ($0 as? RingingError)?.code == .forbidden
+                }
+            }
+        }
+    }
+
     @Test func aClientThatCannotReachTheGatewaySaysWhere() async throws {
         var configuration = RingingClientConfiguration(
             gateway: URL(string: "http://127.0.0.1:1")!, authToken: try await Gateway.developmentAuth().mint(uid: "alice"))
