@@ -174,7 +174,7 @@ public enum CallRules {
                 return decision.failing(invalidState(decision.call, "only a ringing call can be cancelled"))
             }
             let ringing = decision.call.receivers.filter { $0.status == .ringing }.map(\.uid)
-            decision.call.updateAll(where: { $0.status == .ringing }) { $0.status = .missed }
+            decision.call.updateAll(where: { $0.status == .ringing }, { $0.status = .missed })
             decision.call.status = .cancelled
             decision.call.endedAt = now
             decision.call.endedBy = actor
@@ -255,7 +255,7 @@ public enum CallRules {
         var decision = CallDecision(call: call)
         guard call.ringPending, now >= call.expiresAt else { return decision }
         let ringing = call.receivers.filter { $0.status == .ringing }.map(\.uid)
-        decision.call.updateAll(where: { $0.status == .ringing }) { $0.status = .missed }
+        decision.call.updateAll(where: { $0.status == .ringing }, { $0.status = .missed })
         if call.status == .initiated {
             decision.call.status = .unanswered
             decision.call.endedAt = now
@@ -394,11 +394,13 @@ public enum CallRules {
         at now: Date
     ) {
         let ringing = decision.call.receivers.filter { $0.status == .ringing }.map(\.uid)
-        decision.call.updateAll(where: { $0.status == .accepted }) {
-            $0.status = .left
-            $0.leftAt = now
-        }
-        decision.call.updateAll(where: { $0.status == .ringing }) { $0.status = .missed }
+        decision.call.updateAll(
+            where: { $0.status == .accepted },
+            {
+                $0.status = .left
+                $0.leftAt = now
+            })
+        decision.call.updateAll(where: { $0.status == .ringing }, { $0.status = .missed })
         decision.call.status = .ended
         decision.call.endedAt = now
         decision.call.endedBy = actor

@@ -42,7 +42,8 @@ enum Softphone {
         var assets: [String: Asset] = [:]
         for name in names {
             let ext = (name as NSString).pathExtension.lowercased()
-            guard let type = contentTypes[ext], let bytes = FileManager.default.contents(atPath: folder.appendingPathComponent(name).path)
+            guard let type = contentTypes[ext],
+                let bytes = FileManager.default.contents(atPath: folder.appendingPathComponent(name).path)
             else { continue }
             assets[name] = Asset(contentType: type, bytes: bytes)
         }

@@ -85,10 +85,15 @@ public enum Floor {
 
     /// What the floor's requests carry instead of an auth token and a session lookup.
     struct Body: Decodable {
-        var session_id: UUID
+        var sessionID: UUID
         var caller: String
         var receiver: String
         var status: String?
+
+        enum CodingKeys: String, CodingKey {
+            case sessionID = "session_id"
+            case caller, receiver, status
+        }
     }
 
     /// Bodies of the published messages are padded to the size of Ringing's (a call object).
@@ -154,9 +159,9 @@ public final class FloorWorker: Sendable {
         if type == RequestType.generateToken.rawValue {
             // The token service: the call and its participants, read outside a transaction.
             _ = try await pool.query(
-                "SELECT session_id, initiator, status FROM bench_floor_calls WHERE session_id = \(body.session_id)")
+                "SELECT session_id, initiator, status FROM bench_floor_calls WHERE session_id = \(body.sessionID)")
             _ = try await pool.query(
-                "SELECT uid, role, status FROM bench_floor_participants WHERE session_id = \(body.session_id)")
+                "SELECT uid, role, status FROM bench_floor_participants WHERE session_id = \(body.sessionID)")
         } else if let cost = Floor.cost(type, status: body.status) {
             let outbox: [(exchange: String, routingKey: String)] =
                 [(Floor.eventsExchange, type)]
@@ -190,7 +195,7 @@ public final class FloorWorker: Sendable {
         _ db: isolated PostgresConnection, type: String, body: Floor.Body, cost: Floor.Cost, messageID: String,
         outbox: [(exchange: String, routingKey: String)], reply: String
     ) throws -> [Int] {
-        let id = body.session_id
+        let id = body.sessionID
         _ = try db.query("SELECT clock_timestamp()")
         _ = try db.query(
             "SELECT message_id, request_type, actor, reply FROM bench_floor_processed WHERE message_id = ANY(\([messageID]))")

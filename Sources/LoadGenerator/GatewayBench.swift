@@ -392,10 +392,13 @@ final class NotificationWaiters: Sendable {
 
     func deliver(uid: String, name: String, body: Data, at: ContinuousClock.Instant) {
         struct Header: Decodable {
-            struct Call: Decodable { var session_id: String }  // swift-format-ignore: AlwaysUseLowerCamelCase
+            struct Call: Decodable {
+                var sessionID: String
+                enum CodingKeys: String, CodingKey { case sessionID = "session_id" }
+            }
             var call: Call
         }
-        let session = (try? JSONDecoder().decode(Header.self, from: body))?.call.session_id ?? ""
+        let session = (try? JSONDecoder().decode(Header.self, from: body))?.call.sessionID ?? ""
         let expectation = state.withLock { state -> Slot<RingArrival>? in
             guard state.seen.insert("\(uid) \(name) \(session)").inserted else {
                 state.duplicates += 1

@@ -105,7 +105,8 @@ struct Run: AsyncParsableCommand {
         let quiet = self.quiet
         do {
             let bench = Bench(
-                configuration: configuration, amqp: try environment.amqpURL(account: "admin"), database: try environment.database(),
+                configuration: configuration, amqp: try environment.amqpURL(account: "admin"),
+                database: try environment.database(),
                 authSecret: environment.string("RINGING_AUTH_SECRET", default: AuthTokens.developmentSecret), logger: logger,
                 progress: { line in if !quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } })
             let report = try await bench.run(
@@ -207,7 +208,8 @@ struct FloorWorkerCommand: AsyncParsableCommand {
         logger.logLevel = .warning
         let environment = Environment()
         let worker = FloorWorker(
-            amqp: try environment.amqpURL(account: "admin"), database: try environment.database(), workers: workers, logger: logger)
+            amqp: try environment.amqpURL(account: "admin"), database: try environment.database(), workers: workers,
+            logger: logger)
         try await worker.run {
             FileHandle.standardOutput.write(Data("floor ready\n".utf8))
         }

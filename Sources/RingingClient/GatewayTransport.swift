@@ -5,12 +5,13 @@
 public import CallRules
 public import Foundation
 import HummingbirdWSClient
-#if canImport(FoundationNetworking)
-    import FoundationNetworking
-#endif
 public import Logging
 public import RingingContract
 import Synchronization
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 public final class GatewayTransport: RingingTransport {
     /// The WebSocket URL (`ws://host:8080/v1/ws`).
@@ -39,7 +40,8 @@ public final class GatewayTransport: RingingTransport {
     /// `gateway` may be the gateway's base URL (`http://127.0.0.1:8080`) or its WebSocket URL
     /// (`ws://127.0.0.1:8080/v1/ws`).
     public init(
-        gateway: URL, authToken: String, deviceID: String?, reconnect: (initial: Duration, maximum: Duration) = (.milliseconds(500), .seconds(10)),
+        gateway: URL, authToken: String, deviceID: String?,
+        reconnect: (initial: Duration, maximum: Duration) = (.milliseconds(500), .seconds(10)),
         logger: Logger
     ) {
         url = Self.webSocketURL(gateway)
@@ -70,7 +72,9 @@ public final class GatewayTransport: RingingTransport {
 
     public func request(_ type: RequestType, _ fields: JSONObject, id: String, timeout: Duration) async throws -> WireReply {
         if type == .setGroupMembers { return try await setGroupMembers(fields, id: id, timeout: timeout) }
-        let frame = Self.encode(["type": "request", "id": .string(id), "request": .string(type.rawValue), "body": .object(fields)])
+        let frame = Self.encode([
+            "type": "request", "id": .string(id), "request": .string(type.rawValue), "body": .object(fields),
+        ])
         return try await withReplyTimeout(timeout) {
             try await withTaskCancellationHandler {
                 try await withCheckedThrowingContinuation { continuation in
@@ -101,8 +105,11 @@ public final class GatewayTransport: RingingTransport {
                 backoff.reset()
             }
             let delay = backoff.next()
-            if !everConnected && !outcome.welcomed { events(.unreachable("cannot reach the gateway at \(url): \(outcome.reason)")) }
-            logger.info("gateway connection lost; reconnecting", metadata: ["reason": "\(outcome.reason)", "retry_in": "\(delay)"])
+            if !everConnected && !outcome.welcomed {
+                events(.unreachable("cannot reach the gateway at \(url): \(outcome.reason)"))
+            }
+            logger.info(
+                "gateway connection lost; reconnecting", metadata: ["reason": "\(outcome.reason)", "retry_in": "\(delay)"])
             events(.state(.reconnecting(retryIn: delay, reason: outcome.reason)))
             try? await Task.sleep(for: delay)
         }
@@ -110,8 +117,7 @@ public final class GatewayTransport: RingingTransport {
     }
 
     /// One socket from connect to close. Returns whether it was welcomed and why it ended.
-    private func connectOnce(_ events: @escaping @Sendable (TransportEvent) -> Void) async -> (welcomed: Bool, reason: String)
-    {
+    private func connectOnce(_ events: @escaping @Sendable (TransportEvent) -> Void) async -> (welcomed: Bool, reason: String) {
         let wasWelcomed = Atomic<Bool>(false)
         do {
             let close = try await WebSocketClient.connect(

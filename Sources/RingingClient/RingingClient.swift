@@ -493,7 +493,9 @@ public final class RingingClient: Sendable {
     private func apply(_ snapshot: [WireCall]) {
         let live = Dictionary(snapshot.map { ($0.sessionID, $0) }) { a, _ in a }
         let (newlyRinging, vanished, delegate) = state.withLock { state -> ([Call], [Call], (any RingingClientDelegate)?) in
-            for call in snapshot { state.lastSequence[call.sessionID] = max(state.lastSequence[call.sessionID] ?? 0, call.sequence) }
+            for call in snapshot {
+                state.lastSequence[call.sessionID] = max(state.lastSequence[call.sessionID] ?? 0, call.sequence)
+            }
             var newlyRinging: [Call] = []
             for call in snapshot where call.participant(uid)?.status == .ringing && state.ringing[call.sessionID] == nil {
                 state.ringing[call.sessionID] = call

@@ -64,7 +64,8 @@ public struct NoReply: Error, CustomStringConvertible, Sendable {
 }
 
 /// Waits for `body`, or throws `NoReply` after `timeout` (for transports).
-public func withReplyTimeout<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+public func withReplyTimeout<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T
+{
     try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask { try await body() }
         group.addTask {

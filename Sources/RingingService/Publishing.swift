@@ -62,7 +62,8 @@ extension AMQPConnection {
             do {
                 try await declare(RingingTopology.declaration.asPassive, remember: false)
                 return
-            } catch let error as AMQPError where error.code == .timeout || error.code == .connectionLost
+            } catch let error as AMQPError
+                where error.code == .timeout || error.code == .connectionLost
                 || error.code == .channelClosed
             {
                 if !announced {

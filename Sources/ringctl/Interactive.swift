@@ -104,7 +104,8 @@ struct Listen: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show incoming calls live and answer them from the keyboard.",
         discussion:
-            "Press a to accept, r to reject, b to answer busy, e to end the call, q (or Ctrl-C) to quit: in a terminal each key acts at once; from a pipe, one key per line.")
+            "Press a to accept, r to reject, b to answer busy, e to end the call, q (or Ctrl-C) to quit: in a terminal each key acts at once; from a pipe, one key per line."
+    )
 
     @Argument(help: "The user to listen as.") var uid: String
     @Option(help: "This device's id (other devices of the user see it).") var device: String = "ringctl-listen"

@@ -89,7 +89,8 @@ import Testing
         ("call.initiate", #"["not", "an", "object"]"#, "body"),
         ("call.initiate", #"{"receiver_type": "user", "call_type": "audio"}"#, "receiver_id"),  // missing
         ("call.initiate", #"{"receiver_id": 42, "receiver_type": "user", "call_type": "audio"}"#, "receiver_id"),  // wrong type
-        ("call.initiate", #"{"receiver_id": "bob smith", "receiver_type": "user", "call_type": "audio"}"#, "receiver_id"),  // bad UID
+        // a bad UID
+        ("call.initiate", #"{"receiver_id": "bob smith", "receiver_type": "user", "call_type": "audio"}"#, "receiver_id"),
         ("call.initiate", #"{"receiver_id": "bob", "receiver_type": "user", "call_type": "hologram"}"#, "call_type"),
         ("call.initiate", #"{"receiver_id": "bob", "receiver_type": "user", "call_type": "audio", "timeout_s": 2}"#, "timeout_s"),
         ("call.initiate", #"{"receiver_id": "bob", "receiver_type": "user", "call_type": "audio", "reciever": 1}"#, "reciever"),
@@ -97,7 +98,10 @@ import Testing
         ("call.reject", #"{"session_id": "6f1b1c52-8e3a-4c55-9d0e-1f5a3f8f6a10", "status": "maybe"}"#, "status"),
         ("call.dance", #"{}"#, "type"),
         // A key twice: parsers disagree on which value wins, so the request says neither.
-        ("call.initiate", #"{"receiver_id": "bob", "receiver_id": "eve", "receiver_type": "user", "call_type": "audio"}"#, "receiver_id"),
+        (
+            "call.initiate", #"{"receiver_id": "bob", "receiver_id": "eve", "receiver_type": "user", "call_type": "audio"}"#,
+            "receiver_id"
+        ),
     ])
     func malformedRequestsAreAnsweredAndDeadLettered(type: String, body: String, field: String) async throws {
         try await Scenario.run { s in

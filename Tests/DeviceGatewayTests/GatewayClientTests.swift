@@ -163,7 +163,9 @@ extension Gateway {
             defer { demo.stop() }
             #expect(try await demo.exitStatus(timeout: .seconds(90)) == 0, "\(demo.text)")
             #expect(demo.text.contains("demo passed"))
-            for callback in ["onOutgoingCallRinging", "onOutgoingCallAccepted", "onCallAnsweredElsewhere", "onCallEndedMessageReceived"] {
+            for callback in [
+                "onOutgoingCallRinging", "onOutgoingCallAccepted", "onCallAnsweredElsewhere", "onCallEndedMessageReceived",
+            ] {
                 #expect(demo.text.contains(callback), "\(callback)")
             }
         }

@@ -13,9 +13,9 @@ import RingingContract
 import RingingOperations
 import RingingService
 import ServiceLifecycle
-import TokenService
 import Synchronization
 import TestSupport
+import TokenService
 
 func quietLogger(_ label: String) -> Logger {
     var logger = Logger(label: label)

@@ -100,4 +100,3 @@ public struct Device: Sendable {
         try await recorder.wait(for: callback, session)
     }
 }
-

@@ -21,7 +21,6 @@ public final class CommandProcess: Sendable {
         }
     }
 
-
     /// Starts one of the package's executables with `arguments`.
     public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
         name = ([executable] + arguments).joined(separator: " ")
