@@ -73,7 +73,9 @@ let package = Package(
         // PostgreSQL persistence of calls: migrations, sessions, idempotency, outbox, groups.
         .target(
             name: "CallStore",
-            dependencies: ["CallRules", "RingingContract", "PostgresClient"],
+            dependencies: [
+                "CallRules", "RingingContract", "PostgresClient", .product(name: "Metrics", package: "swift-metrics"),
+            ],
             swiftSettings: strict
         ),
         // What both services share: topology, request envelopes, configuration, publishing.

@@ -4,6 +4,7 @@
 import CallRules
 import CallStore
 import Foundation
+import Logging
 import PostgresClient
 import RingingAuth
 import RingingContract
@@ -39,7 +40,17 @@ enum RequestProcessor {
                 outcomes.append(duplicate(job, earlier))
                 continue
             }
-            let outcome = try apply(db, job, at: now)
+            let outcome: JobOutcome
+            do {
+                outcome = try apply(db, job, at: now)
+            } catch let error as StoredValueError {
+                // Nothing was written for this request; it is answered, not retried forever.
+                Logger(label: "ringing.call-control").error(
+                    "a stored call does not read back", metadata: ["error": "\(error)", "message_id": "\(job.messageID)"])
+                outcomes.append(
+                    failure(CallError(.unavailable, "the call cannot be read: \(error)"), sessionID: error.sessionID))
+                continue
+            }
             // Any request naming a call keeps the user's participation live (DESIGN §10).
             if let session = job.request.command.sessionID { try CallStore.touch(db, session, job.user.uid, at: now) }
             if job.request.type.isMutation {
@@ -164,7 +175,7 @@ enum RequestProcessor {
         var outbox: [OutboxMessage] = []
         if decision.changed {
             try CallStore.save(db, decision.call, previous: isNew ? nil : previous)
-            outbox = try CallStore.insertOutbox(db, messages(for: decision, traceparent: job.traceparent))
+            outbox = try CallStore.insertOutbox(db, try messages(for: decision, traceparent: job.traceparent))
         }
         let reply = decision.error.map(WireReply.error) ?? success ?? WireReply.call(decision.call)
         return JobOutcome(
@@ -173,14 +184,14 @@ enum RequestProcessor {
     }
 
     /// The events and notifications of a decision as outbox messages.
-    static func messages(for decision: CallDecision, traceparent: String?) -> [OutboxMessage] {
+    static func messages(for decision: CallDecision, traceparent: String?) throws -> [OutboxMessage] {
         var messages: [OutboxMessage] = []
         for event in decision.events {
             let body = WireEvent(event, type: event.type.rawValue, traceparent: traceparent)
             messages.append(
                 OutboxMessage(
                     exchange: Topology.eventsExchange, routingKey: RoutingKey.event(event.type),
-                    messageID: event.eventID.uuidString.lowercased(), traceparent: traceparent, body: encode(body)))
+                    messageID: event.eventID.uuidString.lowercased(), traceparent: traceparent, body: try encode(body)))
         }
         for notification in decision.notifications {
             let body = WireEvent(
@@ -191,12 +202,13 @@ enum RequestProcessor {
                     routingKey: RoutingKey.notification(notification.name, for: notification.recipient),
                     messageID:
                         "\(notification.event.eventID.uuidString.lowercased()):\(notification.recipient):\(notification.name.rawValue)",
-                    traceparent: traceparent, body: encode(body)))
+                    traceparent: traceparent, body: try encode(body)))
         }
         return messages
     }
 
-    private static func encode(_ event: WireEvent) -> String {
-        String(decoding: (try? WireTime.encoder.encode(event)) ?? Data(), as: UTF8.self)
+    /// An event or notification as JSON: a failure to encode is an error, never an empty body.
+    private static func encode(_ event: WireEvent) throws -> String {
+        String(decoding: try WireTime.encoder.encode(event), as: UTF8.self)
     }
 }

@@ -2,6 +2,7 @@
 // function runs inside the caller's transaction on one connection.
 public import CallRules
 public import Foundation
+import Metrics
 public import PostgresClient
 public import RingingContract
 
@@ -444,13 +445,18 @@ public enum CallStore {
             let endedBy = try row.decode(String?.self, at: 11)
             let metadataText = try row.decode(String.self, at: 12)
             let sequence = try row.decode(Int.self, at: 13)
-            let endReason = try row.decode(String?.self, at: 14).flatMap(EndReason.init(rawValue:))
-            let metadata = (try? JSONDecoder().decode(JSONObject.self, from: Data(metadataText.utf8))) ?? [:]
+            let endReason = try row.decode(String?.self, at: 14).map {
+                try StoredValue.parse(EndReason.self, $0, "calls", "end_reason", id)
+            }
+            guard let metadata = try? JSONDecoder().decode(JSONObject.self, from: Data(metadataText.utf8)) else {
+                throw StoredValue.error("calls", "metadata", metadataText, id)
+            }
             calls.append(
                 CallSession(
                     sessionID: id, initiator: initiator, receiverID: receiverID,
-                    receiverType: ReceiverType(rawValue: receiverType) ?? .user,
-                    callType: CallType(rawValue: callType) ?? .audio, status: CallStatus(rawValue: status) ?? .ended,
+                    receiverType: try StoredValue.parse(ReceiverType.self, receiverType, "calls", "receiver_type", id),
+                    callType: try StoredValue.parse(CallType.self, callType, "calls", "call_type", id),
+                    status: try StoredValue.parse(CallStatus.self, status, "calls", "status", id),
                     initiatedAt: initiatedAt, expiresAt: expiresAt, answeredAt: answeredAt, endedAt: endedAt,
                     durationSeconds: duration,
                     endedBy: endedBy, endReason: endReason, metadata: metadata, participants: [], sequence: sequence))
@@ -466,12 +472,14 @@ public enum CallStore {
             let (id, uid, role, status, joinedAt, leftAt) = try row.decodeColumns(
                 (UUID, String, String, String, Date?, Date?).self)
             let rangAt = try row.decode(Date?.self, at: 6)
-            let leftReason = try row.decode(String?.self, at: 7).flatMap(LeftReason.init(rawValue:))
+            let leftReason = try row.decode(String?.self, at: 7).map {
+                try StoredValue.parse(LeftReason.self, $0, "call_participants", "left_reason", id)
+            }
             let lastSeenAt = try row.decode(Date?.self, at: 8)
             participants[id, default: []].append(
                 Participant(
-                    uid: uid, role: ParticipantRole(rawValue: role) ?? .receiver,
-                    status: ParticipantStatus(rawValue: status) ?? .left,
+                    uid: uid, role: try StoredValue.parse(ParticipantRole.self, role, "call_participants", "role", id),
+                    status: try StoredValue.parse(ParticipantStatus.self, status, "call_participants", "status", id),
                     joinedAt: joinedAt, leftAt: leftAt, rangAt: rangAt, leftReason: leftReason, lastSeenAt: lastSeenAt))
         }
         for index in calls.indices {
@@ -481,5 +489,32 @@ public enum CallStore {
             }
         }
         return calls
+    }
+}
+
+/// A stored value that does not read back: an error naming the table, the column, the value
+/// and the call, never a default (a wrong status would be worse than no answer).
+public struct StoredValueError: Error, CustomStringConvertible, Sendable {
+    public var table: String
+    public var column: String
+    public var value: String
+    public var sessionID: UUID
+
+    public var description: String {
+        "\(table).\(column) of call \(sessionID.uuidString.lowercased()) holds '\(value.prefix(200))', which this version cannot read"
+    }
+}
+
+enum StoredValue {
+    static func parse<T: RawRepresentable>(_ type: T.Type, _ text: String, _ table: String, _ column: String, _ id: UUID) throws
+        -> T where T.RawValue == String
+    {
+        guard let value = T(rawValue: text) else { throw error(table, column, text, id) }
+        return value
+    }
+
+    static func error(_ table: String, _ column: String, _ value: String, _ id: UUID) -> StoredValueError {
+        Counter(label: "ringing_row_decode_errors_total", dimensions: [("table", table), ("column", column)]).increment()
+        return StoredValueError(table: table, column: column, value: value, sessionID: id)
     }
 }

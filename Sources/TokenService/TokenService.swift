@@ -185,6 +185,9 @@ public final class TokenService: ComposedService, Sendable {
             } catch let error as PostgresError {
                 logger.error("reading the call failed", metadata: ["error": "\(error)"])
                 throw CallError(.unavailable, "the call could not be read now; retry")
+            } catch let error as StoredValueError {
+                logger.error("a stored call does not read back", metadata: ["error": "\(error)"])
+                throw CallError(.unavailable, "the call cannot be read: \(error)")
             }
         }
     }

@@ -122,6 +122,41 @@ import Testing
         }
     }
 
+    /// A stored value this version cannot read (here metadata that is not an object) is an
+    /// error naming the table and column, answered `unavailable`, never a default.
+    @Test func aRowThatDoesNotReadBackIsAnsweredUnavailableNamingTheColumn() async throws {
+        try await Scenario.run { s in
+            let alice = try await s.party("alice")
+            let bob = try await s.party("bob")
+            let session = UUID()
+            let pool = PostgresPool(configuration: try PostgresConfiguration(url: TestEnvironment.databaseURL), size: 1)
+            try await pool.withConnection { db in
+                try await db.withTransaction { db in
+                    try db.query(
+                        """
+                        INSERT INTO calls (session_id, initiator, receiver_id, receiver_type, call_type, status, initiated_at,
+                                           expires_at, ended_at, metadata, sequence, ring_pending)
+                        VALUES (\(session), \(alice.uid), \(bob.uid), 'user', 'audio', 'cancelled', now(), now(), now(),
+                                '[1, 2]'::jsonb, 2, false)
+                        """)
+                    try db.query(
+                        """
+                        INSERT INTO call_participants (session_id, uid, role, status, active, initiated_at)
+                        VALUES (\(session), \(alice.uid), 'initiator', 'accepted', false, now()),
+                               (\(session), \(bob.uid), 'receiver', 'missed', false, now())
+                        """)
+                }
+            }
+            await pool.close()
+            let reply = try await s.act(.get, alice, session)
+            #expect(reply.error?.code == .unavailable)
+            #expect(reply.error?.message.contains("calls.metadata") == true, "\(reply.error?.message ?? "")")
+            // The instance keeps serving.
+            let call = try await s.call(alice, bob)
+            #expect(call.status == .initiated)
+        }
+    }
+
     @Test func oversizedMetadataIsRefusedNamingTheField() async throws {
         try await Scenario.run { s in
             let alice = try await s.party("alice")
