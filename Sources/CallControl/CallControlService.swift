@@ -396,7 +396,8 @@ public final class CallControlService: ComposedService, Sendable {
                         duration: .milliseconds(Int64(max(0, now.timeIntervalSince(deadline)) * 1000)))
                     try CallStore.save(db, decision.call, previous: call)
                     messages.append(
-                        contentsOf: try CallStore.insertOutbox(db, try RequestProcessor.messages(for: decision, traceparent: nil)))
+                        contentsOf: try CallStore.insertOutbox(db, try RequestProcessor.messages(for: decision, traceparent: nil))
+                    )
                 }
                 return (messages, calls.count)
             }
