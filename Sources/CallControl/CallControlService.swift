@@ -30,6 +30,10 @@ public final class CallControlService: ComposedService, Sendable {
     var publisherUser: String { configuration.amqp.user }
     private let readyBell = Doorbell()
     private let ready = Atomic<Bool>(false)
+    /// Workers whose consumer is subscribed now (a consumer the broker cancelled is not).
+    private let liveConsumers = Atomic<Int>(0)
+    /// Set when the graceful shutdown begins: a worker whose consumer ends does not subscribe again.
+    private let stopping = Atomic<Bool>(false)
 
     /// True once migrations ran, the topology is declared and the consumers are started.
     public var isReady: Bool { ready.load(ordering: .relaxed) }
@@ -79,13 +83,12 @@ public final class CallControlService: ComposedService, Sendable {
         logger.info(
             "call-control ready",
             metadata: ["workers": "\(configuration.workers)", "instance": "\(configuration.instanceName)"])
+        let consumers = WorkerConsumers()
         try await withThrowingTaskGroup(of: Void.self) { work in
-            var consumers: [AMQPConsumer] = []
             for index in 0..<configuration.workers {
-                let consumer = try await consumerConnection.consume(
-                    queue: Topology.callControlQueue, prefetch: UInt16(configuration.prefetch))
-                consumers.append(consumer)
-                work.addTask { try await self.work(consumer, worker: index) }
+                let consumer = try await subscribe()
+                consumers.set(index, consumer)
+                work.addTask { try await self.work(consumer, worker: index, consumers: consumers) }
             }
             work.addTask { await cancelWhenGracefulShutdown { await self.runRingTimer() } }
             work.addTask { await cancelWhenGracefulShutdown { await self.runOutboxRelay() } }
@@ -96,19 +99,23 @@ public final class CallControlService: ComposedService, Sendable {
             // finish what they hold and return.
             try? await gracefulShutdown()
             logger.info("call-control stopping: no new requests, finishing the ones in hand")
-            for consumer in consumers { consumer.cancel() }
+            stopping.store(true, ordering: .relaxed)
+            consumers.cancelAll()
             try await work.waitForAll()
         }
         await pool.close()
     }
 
-    /// For /readyz: migrations done and consumers started, both broker connections up, and
-    /// the database answering within two seconds.
+    /// For /readyz: migrations done and consumers started, every worker's consumer
+    /// subscribed, both broker connections up, and the database answering within two seconds.
     func readiness() async -> Readiness {
         let database = await pool.answers(within: .seconds(2))
+        let live = liveConsumers.load(ordering: .relaxed)
         return Readiness(checks: [
-            ("migrations and consumers", isReady), ("broker (publish)", publisher.isConnected),
-            ("broker (consume)", consumerConnection.isConnected), ("database", database),
+            ("migrations and consumers", isReady),
+            ("consumers subscribed (\(live) of \(configuration.workers))", live == configuration.workers),
+            ("broker (publish)", publisher.isConnected), ("broker (consume)", consumerConnection.isConnected),
+            ("database", database),
         ])
     }
 
@@ -132,11 +139,57 @@ public final class CallControlService: ComposedService, Sendable {
 
     // MARK: - Requests
 
-    private func work(_ consumer: AMQPConsumer, worker: Int) async throws {
+    private func subscribe() async throws -> AMQPConsumer {
+        let consumer = try await consumerConnection.consume(
+            queue: Topology.callControlQueue, prefetch: UInt16(configuration.prefetch))
+        liveConsumers.add(1, ordering: .relaxed)
+        return consumer
+    }
+
+    /// One worker: batches from its consumer until the service stops. When the broker cancels
+    /// the consumer (the queue was deleted, a node failed over), the topology is declared again
+    /// and the worker subscribes anew; if that keeps failing for a minute the worker throws,
+    /// the service stops and the process exits non-zero, for its supervisor to restart it.
+    private func work(_ first: AMQPConsumer, worker: Int, consumers: WorkerConsumers) async throws {
         var logger = self.logger
         logger[metadataKey: "worker"] = "\(worker)"
-        while let batch = try await consumer.nextBatch(max: configuration.batchSize) {
-            await handle(batch, logger: logger)
+        var consumer = first
+        while true {
+            do {
+                while let batch = try await consumer.nextBatch(max: configuration.batchSize) {
+                    await handle(batch, logger: logger)
+                }
+                liveConsumers.subtract(1, ordering: .relaxed)
+                return
+            } catch {
+                liveConsumers.subtract(1, ordering: .relaxed)
+                if Task.isCancelled || stopping.load(ordering: .relaxed) { return }
+                Counter(label: "ringing_consumer_cancellations_total").increment()
+                logger.error(
+                    "the broker cancelled this worker's consumer; declaring the topology and subscribing again",
+                    metadata: ["error": "\(error)"])
+                consumer = try await resubscribe(logger: logger)
+                consumers.set(worker, consumer)
+            }
+        }
+    }
+
+    private func resubscribe(logger: Logger) async throws -> AMQPConsumer {
+        var backoff = Backoff(initial: .milliseconds(200), maximum: .seconds(5))
+        let giveUp = ContinuousClock.now + .seconds(60)
+        while true {
+            do {
+                try await publisher.declareRingingTopology(logger: logger)
+                let consumer = try await subscribe()
+                logger.notice("subscribed again to \(Topology.callControlQueue)")
+                return consumer
+            } catch {
+                if Task.isCancelled || ContinuousClock.now > giveUp {
+                    logger.critical("could not subscribe again; stopping", metadata: ["error": "\(error)"])
+                    throw error
+                }
+                try await Task.sleep(for: backoff.next())
+            }
         }
     }
 
@@ -144,6 +197,7 @@ public final class CallControlService: ComposedService, Sendable {
     /// transaction, publish what it committed, then settle every delivery.
     func handle(_ batch: [AMQPDelivery], logger: Logger) async {
         let started = ContinuousClock.now
+        logger.trace("requests taken", metadata: ["count": "\(batch.count)"])
         var jobs: [(AMQPDelivery, RequestEnvelope, Job)] = []
         var refused: [(AMQPDelivery, RequestEnvelope?, CallError)] = []
         for delivery in batch {
@@ -447,5 +501,16 @@ public final class CallControlService: ComposedService, Sendable {
             }
             try? await Task.sleep(for: .seconds(1))
         }
+    }
+}
+
+/// Each worker's current consumer, so that a graceful shutdown cancels the ones in use.
+final class WorkerConsumers: Sendable {
+    private let consumers = Mutex<[Int: AMQPConsumer]>([:])
+
+    func set(_ worker: Int, _ consumer: AMQPConsumer) { consumers.withLock { $0[worker] = consumer } }
+
+    func cancelAll() {
+        for consumer in consumers.withLock({ Array($0.values) }) { consumer.cancel() }
     }
 }

@@ -39,19 +39,44 @@ public enum ServiceRunner {
     /// What each executable's `main` does: makes the service, runs it with its dependencies
     /// until SIGTERM or SIGINT, and exits 0 after a graceful shutdown or 1, with one log line,
     /// when it could not start or failed.
+    ///
+    /// A graceful shutdown is bounded: after `RINGING_SHUTDOWN_TIMEOUT_S` (default 30 s) the
+    /// work still in hand is cancelled, and if cancelling takes more than 5 s more the process
+    /// stops anyway (swift-service-lifecycle's cancellation bound). What it had not
+    /// acknowledged, the broker delivers again to another instance.
     public static func run(_ name: String, logger: Logger, _ make: () async throws -> any ComposedService) async -> Never {
         do {
+            let limit = try shutdownTimeout()
             let service = try await make()
-            let group = ServiceGroup(
-                configuration: ServiceGroupConfiguration(
-                    services: service.serviceGroupEntries, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-            try await group.run()
+            var configuration = ServiceGroupConfiguration(
+                services: service.serviceGroupEntries, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            configuration.maximumGracefulShutdownDuration = limit
+            configuration.maximumCancellationDuration = .seconds(5)
+            try await ServiceGroup(configuration: configuration).run()
             exit(0)
         } catch {
             logger.critical("\(name) stopped: \(error)")
             exit(1)
         }
     }
+}
+
+extension ServiceRunner {
+    /// `RINGING_SHUTDOWN_TIMEOUT_S`: how long a graceful shutdown may take (1…3600, default 30).
+    static func shutdownTimeout() throws -> Duration {
+        guard let text = ProcessInfo.processInfo.environment["RINGING_SHUTDOWN_TIMEOUT_S"], !text.isEmpty else {
+            return .seconds(30)
+        }
+        guard let seconds = Int(text), (1...3600).contains(seconds) else {
+            throw ShutdownTimeoutError(value: text)
+        }
+        return .seconds(seconds)
+    }
+}
+
+struct ShutdownTimeoutError: Error, CustomStringConvertible {
+    let value: String
+    var description: String { "RINGING_SHUTDOWN_TIMEOUT_S is '\(value)'; it must be a whole number of seconds from 1 to 3600" }
 }
 
 extension OperationsServer {

@@ -12,6 +12,15 @@ public final class ServiceProcess: Sendable {
     private final class Shared: Sendable {
         let output = Mutex<String>("")
         let ready = Mutex<(seen: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+        /// Tasks waiting for more output.
+        let more = Mutex<[CheckedContinuation<Void, Never>]>([])
+
+        func wakeOutputWaiters() {
+            for waiter in more.withLock({ waiters -> [CheckedContinuation<Void, Never>] in
+                defer { waiters = [] }
+                return waiters
+            }) { waiter.resume() }
+        }
     }
 
     /// The directory holding the test bundle also holds the package's executables.
@@ -52,6 +61,7 @@ public final class ServiceProcess: Sendable {
                 $0 += text
                 return $0
             }
+            shared.wakeOutputWaiters()
             if all.contains(readyLine) {
                 let waiters = shared.ready.withLock { state -> [CheckedContinuation<Void, Never>] in
                     state.seen = true
@@ -85,6 +95,27 @@ public final class ServiceProcess: Sendable {
                 }
             }
             if !shared.ready.withLock({ $0.seen }) { throw CancellationError() }
+        }
+    }
+
+    /// Waits until the process has printed `text` (bounded by `timeout`).
+    public func waitForOutput(_ text: String, timeout: Duration = .seconds(60)) async throws {
+        try await withDeadline(timeout, "\(name) to print '\(text)'") { [shared] in
+            while !shared.output.withLock({ $0.contains(text) }) {
+                try Task.checkCancellation()
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { continuation in
+                        let now = shared.more.withLock { waiters -> Bool in
+                            if Task.isCancelled || shared.output.withLock({ $0.contains(text) }) { return true }
+                            waiters.append(continuation)
+                            return false
+                        }
+                        if now { continuation.resume() }
+                    }
+                } onCancel: {
+                    shared.wakeOutputWaiters()
+                }
+            }
         }
     }
 
