@@ -156,6 +156,28 @@ extension Gateway {
         }
     }
 
+    /// In a terminal (a pseudo-terminal from util-linux `script`), listen acts on single keys,
+    /// without Enter and without echo.
+    @Test func listenReadsSingleKeysInATerminal() async throws {
+        try await Gateway.run { g in
+            let bob = TestEnvironment.uniqueName("bob")
+            let listen = try CommandProcess(
+                "/usr/bin/script",
+                [
+                    "-qfec", "\(ServiceProcess.binaries.path)/ringctl listen \(bob) --gateway http://127.0.0.1:\(g.port)",
+                    "/dev/null",
+                ])
+            defer { listen.stop() }
+            try await listen.waitFor("listening as \(bob)")
+            listen.type("x")
+            try await listen.waitFor("unknown key 'x'")
+            listen.type("e")
+            try await listen.waitFor("no call to end")
+            listen.type("q")
+            #expect(try await listen.exitStatus() == 0)
+        }
+    }
+
     @Test(arguments: ["gateway", "amqp"])
     func theDemoPasses(way: String) async throws {
         try await Gateway.run(tokens: true) { g in

@@ -21,11 +21,13 @@ public final class CommandProcess: Sendable {
         }
     }
 
-    /// Starts one of the package's executables with `arguments`.
+    /// Starts one of the package's executables (or, given a path, any program) with `arguments`.
     public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
         name = ([executable] + arguments).joined(separator: " ")
         process = Process()
-        process.executableURL = ServiceProcess.binaries.appendingPathComponent(executable)
+        process.executableURL =
+            executable.hasPrefix("/")
+            ? URL(fileURLWithPath: executable) : ServiceProcess.binaries.appendingPathComponent(executable)
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         input = Pipe()
