@@ -30,10 +30,7 @@ public final class CallControlService: ComposedService, Sendable {
     var publisherUser: String { configuration.amqp.user }
     private let readyBell = Doorbell()
     private let ready = Atomic<Bool>(false)
-    /// Workers whose consumer is subscribed now (a consumer the broker cancelled is not).
-    private let liveConsumers = Atomic<Int>(0)
-    /// Set when the graceful shutdown begins: a worker whose consumer ends does not subscribe again.
-    private let stopping = Atomic<Bool>(false)
+    let workers: QueueWorkers
 
     /// True once migrations ran, the topology is declared and the consumers are started.
     public var isReady: Bool { ready.load(ordering: .relaxed) }
@@ -55,6 +52,9 @@ public final class CallControlService: ComposedService, Sendable {
         pool = PostgresPool(
             configuration: configuration.database, size: configuration.workers + 2, acquireTimeout: .seconds(30), logger: logger)
         listener = PostgresListener(configuration: configuration.database, channels: ["ring_deadline"], logger: logger)
+        workers = QueueWorkers(
+            connection: consumerConnection, queue: Topology.callControlQueue, count: configuration.workers,
+            prefetch: UInt16(configuration.prefetch), logger: logger)
         auth = try await AuthTokens(secret: configuration.authSecret)
     }
 
@@ -83,25 +83,32 @@ public final class CallControlService: ComposedService, Sendable {
         logger.info(
             "call-control ready",
             metadata: ["workers": "\(configuration.workers)", "instance": "\(configuration.instanceName)"])
-        let consumers = WorkerConsumers()
+        try await workers.subscribeAll()
         try await withThrowingTaskGroup(of: Void.self) { work in
-            for index in 0..<configuration.workers {
-                let consumer = try await subscribe()
-                consumers.set(index, consumer)
-                work.addTask { try await self.work(consumer, worker: index, consumers: consumers) }
+            work.addTask {
+                try await self.workers.run(
+                    batchSize: self.configuration.batchSize,
+                    recover: { try await self.publisher.declareRingingTopology(logger: self.logger, remember: false) },
+                    handle: { batch, worker in
+                        var logger = self.logger
+                        logger[metadataKey: "worker"] = "\(worker)"
+                        await self.handle(batch, logger: logger)
+                    })
             }
             work.addTask { await cancelWhenGracefulShutdown { await self.runRingTimer() } }
             work.addTask { await cancelWhenGracefulShutdown { await self.runOutboxRelay() } }
             work.addTask { await cancelWhenGracefulShutdown { await self.forwardDeadlineNotifications() } }
-            ready.store(true, ordering: .relaxed)
-            readyBell.ring()
             // Stop taking work on a graceful shutdown (or cancellation); workers then
             // finish what they hold and return.
-            try? await gracefulShutdown()
-            logger.info("call-control stopping: no new requests, finishing the ones in hand")
-            stopping.store(true, ordering: .relaxed)
-            consumers.cancelAll()
-            try await work.waitForAll()
+            work.addTask {
+                try? await gracefulShutdown()
+                self.logger.info("call-control stopping: no new requests, finishing the ones in hand")
+                self.workers.stop()
+            }
+            ready.store(true, ordering: .relaxed)
+            readyBell.ring()
+            // A worker that could not subscribe again throws here: the service stops with it.
+            while try await work.next() != nil {}
         }
         await pool.close()
     }
@@ -110,7 +117,7 @@ public final class CallControlService: ComposedService, Sendable {
     /// subscribed, both broker connections up, and the database answering within two seconds.
     func readiness() async -> Readiness {
         let database = await pool.answers(within: .seconds(2))
-        let live = liveConsumers.load(ordering: .relaxed)
+        let live = workers.liveCount
         return Readiness(checks: [
             ("migrations and consumers", isReady),
             ("consumers subscribed (\(live) of \(configuration.workers))", live == configuration.workers),
@@ -138,60 +145,6 @@ public final class CallControlService: ComposedService, Sendable {
     }
 
     // MARK: - Requests
-
-    private func subscribe() async throws -> AMQPConsumer {
-        let consumer = try await consumerConnection.consume(
-            queue: Topology.callControlQueue, prefetch: UInt16(configuration.prefetch))
-        liveConsumers.add(1, ordering: .relaxed)
-        return consumer
-    }
-
-    /// One worker: batches from its consumer until the service stops. When the broker cancels
-    /// the consumer (the queue was deleted, a node failed over), the topology is declared again
-    /// and the worker subscribes anew; if that keeps failing for a minute the worker throws,
-    /// the service stops and the process exits non-zero, for its supervisor to restart it.
-    private func work(_ first: AMQPConsumer, worker: Int, consumers: WorkerConsumers) async throws {
-        var logger = self.logger
-        logger[metadataKey: "worker"] = "\(worker)"
-        var consumer = first
-        while true {
-            do {
-                while let batch = try await consumer.nextBatch(max: configuration.batchSize) {
-                    await handle(batch, logger: logger)
-                }
-                liveConsumers.subtract(1, ordering: .relaxed)
-                return
-            } catch {
-                liveConsumers.subtract(1, ordering: .relaxed)
-                if Task.isCancelled || stopping.load(ordering: .relaxed) { return }
-                Counter(label: "ringing_consumer_cancellations_total").increment()
-                logger.error(
-                    "the broker cancelled this worker's consumer; declaring the topology and subscribing again",
-                    metadata: ["error": "\(error)"])
-                consumer = try await resubscribe(logger: logger)
-                consumers.set(worker, consumer)
-            }
-        }
-    }
-
-    private func resubscribe(logger: Logger) async throws -> AMQPConsumer {
-        var backoff = Backoff(initial: .milliseconds(200), maximum: .seconds(5))
-        let giveUp = ContinuousClock.now + .seconds(60)
-        while true {
-            do {
-                try await publisher.declareRingingTopology(logger: logger)
-                let consumer = try await subscribe()
-                logger.notice("subscribed again to \(Topology.callControlQueue)")
-                return consumer
-            } catch {
-                if Task.isCancelled || ContinuousClock.now > giveUp {
-                    logger.critical("could not subscribe again; stopping", metadata: ["error": "\(error)"])
-                    throw error
-                }
-                try await Task.sleep(for: backoff.next())
-            }
-        }
-    }
 
     /// One batch: check and authenticate each request, apply the good ones in one
     /// transaction, publish what it committed, then settle every delivery.
@@ -471,6 +424,7 @@ public final class CallControlService: ComposedService, Sendable {
         var logger = self.logger
         logger[metadataKey: "task"] = "outbox-relay"
         var lastCleanup = ContinuousClock.now
+        var lastTopologyCheck = ContinuousClock.now
         while !Task.isCancelled {
             do {
                 let claimed = try await pool.withConnection { connection in
@@ -496,21 +450,17 @@ public final class CallControlService: ComposedService, Sendable {
                     lastCleanup = ContinuousClock.now
                     try await pool.query("DELETE FROM processed_requests WHERE processed_at < now() - interval '1 day'")
                 }
+                // The topology is call-control's (DESIGN §9): a queue deleted under the other
+                // services (token-service, push-notifier) is back within 15 s, and their
+                // workers subscribe again.
+                if ContinuousClock.now - lastTopologyCheck > .seconds(15) {
+                    lastTopologyCheck = ContinuousClock.now
+                    try await publisher.declare(RingingTopology.declaration, remember: false)
+                }
             } catch {
                 logger.warning("outbox relay failed; retrying", metadata: ["error": "\(error)"])
             }
             try? await Task.sleep(for: .seconds(1))
         }
-    }
-}
-
-/// Each worker's current consumer, so that a graceful shutdown cancels the ones in use.
-final class WorkerConsumers: Sendable {
-    private let consumers = Mutex<[Int: AMQPConsumer]>([:])
-
-    func set(_ worker: Int, _ consumer: AMQPConsumer) { consumers.withLock { $0[worker] = consumer } }
-
-    func cancelAll() {
-        for consumer in consumers.withLock({ Array($0.values) }) { consumer.cancel() }
     }
 }

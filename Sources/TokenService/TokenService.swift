@@ -24,6 +24,7 @@ public final class TokenService: ComposedService, Sendable {
     let consumerConnection: AMQPConnection
     let pool: PostgresPool
     let auth: AuthTokens
+    let workers: QueueWorkers
     private let ready = Atomic<Bool>(false)
 
     public init(configuration: TokenServiceConfiguration, logger: Logger) async throws {
@@ -41,6 +42,9 @@ public final class TokenService: ComposedService, Sendable {
         pool = PostgresPool(
             configuration: configuration.database, size: configuration.workers, acquireTimeout: .seconds(10), logger: logger)
         auth = try await AuthTokens(secret: configuration.authSecret)
+        workers = QueueWorkers(
+            connection: consumerConnection, queue: Topology.tokenServiceQueue, count: configuration.workers,
+            prefetch: UInt16(configuration.prefetch), logger: logger)
     }
 
     public var isReady: Bool { ready.load(ordering: .relaxed) }
@@ -61,22 +65,25 @@ public final class TokenService: ComposedService, Sendable {
             logger.warning("RINGING_TOKEN_KEY is not set: signing with the development key, which every checkout has")
         }
         try await publisher.awaitRingingTopology(logger: logger)
+        try await workers.subscribeAll()
         try await withThrowingTaskGroup(of: Void.self) { work in
-            var consumers: [AMQPConsumer] = []
-            for index in 0..<configuration.workers {
-                let consumer = try await consumerConnection.consume(
-                    queue: Topology.tokenServiceQueue, prefetch: UInt16(configuration.prefetch))
-                consumers.append(consumer)
-                work.addTask { try await self.work(consumer, worker: index) }
+            work.addTask {
+                // The queue is call-control's to declare: wait until it is back (DESIGN §9).
+                try await self.workers.run(
+                    batchSize: 32, recover: { try await self.publisher.awaitRingingTopology(logger: self.logger) },
+                    handle: { batch, _ in await self.work(batch) })
+            }
+            work.addTask {
+                try? await gracefulShutdown()
+                self.logger.info("token-service stopping: no new requests, finishing the ones in hand")
+                self.workers.stop()
             }
             ready.store(true, ordering: .relaxed)
             logger.info(
                 "token-service ready",
                 metadata: ["workers": "\(configuration.workers)", "kid": "\(configuration.signingKey.kid)"])
-            try? await gracefulShutdown()
-            logger.info("token-service stopping: no new requests, finishing the ones in hand")
-            for consumer in consumers { consumer.cancel() }
-            try await work.waitForAll()
+            // A worker that could not subscribe again throws here: the service stops with it.
+            while try await work.next() != nil {}
         }
         await pool.close()
     }
@@ -84,38 +91,39 @@ public final class TokenService: ComposedService, Sendable {
     /// For /readyz: consumers started, both broker connections up, the database answering.
     func readiness() async -> Readiness {
         let database = await pool.answers(within: .seconds(2))
+        let live = workers.liveCount
         return Readiness(checks: [
-            ("consumers", isReady), ("broker (publish)", publisher.isConnected),
+            ("consumers", isReady),
+            ("consumers subscribed (\(live) of \(configuration.workers))", live == configuration.workers),
+            ("broker (publish)", publisher.isConnected),
             ("broker (consume)", consumerConnection.isConnected),
             ("database", database),
         ])
     }
 
-    private func work(_ consumer: AMQPConsumer, worker: Int) async throws {
-        while let batch = try await consumer.nextBatch(max: 32) {
-            var replies: [AMQPMessage] = []
-            var settle: [(AMQPDelivery, Bool)] = []  // (delivery, dead-letter)
-            for delivery in batch {
-                let (reply, deadLetter) = await answer(delivery)
-                if let reply { replies.append(reply) }
-                settle.append((delivery, deadLetter))
+    /// One batch: answer each request, publish the replies, then settle the deliveries.
+    private func work(_ batch: [AMQPDelivery]) async {
+        var replies: [AMQPMessage] = []
+        var settle: [(AMQPDelivery, Bool)] = []  // (delivery, dead-letter)
+        for delivery in batch {
+            let (reply, deadLetter) = await answer(delivery)
+            if let reply { replies.append(reply) }
+            settle.append((delivery, deadLetter))
+        }
+        var backoff = Backoff(initial: .milliseconds(50), maximum: .seconds(5))
+        while true {
+            do {
+                try await publisher.publishAll(replies)
+                break
+            } catch {
+                if batch.contains(where: \.isStale) || Task.isCancelled { break }
+                let delay = backoff.next()
+                logger.warning("publishing replies failed; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+                try? await Task.sleep(for: delay)
             }
-            var backoff = Backoff(initial: .milliseconds(50), maximum: .seconds(5))
-            while true {
-                do {
-                    try await publisher.publishAll(replies)
-                    break
-                } catch {
-                    if batch.contains(where: \.isStale) || Task.isCancelled { break }
-                    let delay = backoff.next()
-                    logger.warning(
-                        "publishing replies failed; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
-                    try? await Task.sleep(for: delay)
-                }
-            }
-            for (delivery, deadLetter) in settle {
-                if deadLetter { delivery.reject(requeue: false) } else { delivery.ack() }
-            }
+        }
+        for (delivery, deadLetter) in settle {
+            if deadLetter { delivery.reject(requeue: false) } else { delivery.ack() }
         }
     }
 

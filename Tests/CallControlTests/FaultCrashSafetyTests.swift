@@ -79,4 +79,28 @@ import Testing
         #expect(instance.log.contains("cancelled this worker's consumer"), "the cancellation is not silent")
         #expect(instance.terminate() == 0)
     }
+
+    /// The token service's queue deleted: call-control declares it again (the topology is
+    /// its to declare) and the token service's workers subscribe again.
+    @Test(.timeLimit(.minutes(3)))
+    func aDeletedTokenQueueComesBackAndTheTokenServiceWithIt() async throws {
+        let callControl = try ServiceProcess(
+            executable: "call-control", name: TestEnvironment.uniqueName("cc-token-gone"), environment: [:],
+            readyLine: "call-control ready")
+        defer { callControl.terminate() }
+        try await callControl.waitUntilReady()
+        let tokens = try ServiceProcess(
+            executable: "token-service", name: TestEnvironment.uniqueName("token-gone"),
+            environment: ["RINGING_TOKEN_DATABASE_URL": TestEnvironment.readerDatabaseURL], readyLine: "token-service ready")
+        defer { tokens.terminate() }
+        try await tokens.waitUntilReady()
+        try await RingingTestClient.with { client in
+            _ = try await client.amqp.deleteQueue(Topology.tokenServiceQueue)
+            try await tokens.waitForOutput("subscribed again to \(Topology.tokenServiceQueue)", timeout: .seconds(90))
+            let keys = try await client.request(RequestType.jwks.rawValue, token: nil)
+            #expect(keys.keys?.isEmpty == false, "\(keys.error?.message ?? "")")
+        }
+        #expect(tokens.log.contains("cancelled this worker's consumer"))
+        #expect(tokens.terminate() == 0)
+    }
 }
