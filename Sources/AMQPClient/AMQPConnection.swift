@@ -19,6 +19,10 @@ public struct AMQPConfiguration: Sendable {
     /// How long a publish, declaration or consume waits for a connection before it fails
     /// with `timeout`.
     public var operationTimeout: Duration
+    /// How long a publish may take, from the call to the broker's confirm, unless its caller
+    /// gives it another deadline: waiting for a connection, for room in the confirm window,
+    /// out a blocked connection (a resource alarm) and for the confirm all count.
+    public var publishTimeout: Duration
     /// How many publishes may be unconfirmed at once; further ones wait their turn.
     public var confirmWindow: Int
     public var reconnectBackoff: Backoff
@@ -34,6 +38,7 @@ public struct AMQPConfiguration: Sendable {
         self.connectTimeout = url.connectTimeout ?? .seconds(5)
         self.rpcTimeout = .seconds(10)
         self.operationTimeout = .seconds(30)
+        self.publishTimeout = .seconds(30)
         self.confirmWindow = 1000
         self.reconnectBackoff = Backoff(initial: .milliseconds(100), maximum: .seconds(5))
     }
@@ -44,6 +49,7 @@ final class ConnectionStatus: Sendable {
     /// Bumped on every successful (re)connect; deliveries remember the one they came with.
     let generation = Atomic<UInt64>(0)
     let connected = Atomic<Bool>(false)
+    let blocked = Atomic<Bool>(false)
     let reconnects = Atomic<Int>(0)
 }
 
@@ -74,6 +80,8 @@ public final class AMQPConnection: Sendable {
 
     /// Whether the connection is up right now.
     public var isConnected: Bool { status.connected.load(ordering: .relaxed) }
+    /// Whether the broker blocks this connection now (a memory or disk alarm).
+    public var isBlocked: Bool { status.blocked.load(ordering: .relaxed) }
     /// How many times the connection was re-established after a loss.
     public var reconnectCount: Int { status.reconnects.load(ordering: .relaxed) }
 
@@ -154,10 +162,12 @@ public final class AMQPConnection: Sendable {
     /// refused it, `channelClosed` if the broker closed the channel (say, the exchange does
     /// not exist), `connectionLost` if the connection died before the confirm (the message
     /// may or may not have arrived: publish again if duplicates are harmless), `timeout` if
-    /// no connection came up within `operationTimeout`. Many publishes may be in flight at
-    /// once, up to `confirmWindow`; cancelling the calling task does not unpublish.
-    public func publish(_ message: AMQPMessage) async throws {
-        try await perform { .publish(message, $0) }
+    /// no confirm came within `timeout` (default `publishTimeout`: waiting for a connection,
+    /// for the confirm window and out a blocked connection count too; a message sent but not
+    /// confirmed may have arrived). Many publishes may be in flight at once, up to
+    /// `confirmWindow`; cancelling the calling task does not unpublish.
+    public func publish(_ message: AMQPMessage, timeout: Duration? = nil) async throws {
+        try await perform { .publish(message, timeout: timeout, $0) }
     }
 
     /// Starts a consumer with manual acknowledgements (unless `noAck`) and `prefetch`
@@ -235,7 +245,7 @@ struct Settlement: Sendable {
 }
 
 enum ConnectionCommand: Sendable {
-    case publish(AMQPMessage, CheckedContinuation<Void, any Error>)
+    case publish(AMQPMessage, timeout: Duration?, CheckedContinuation<Void, any Error>)
     case declare(AMQPTopology, remember: Bool, CheckedContinuation<Void, any Error>)
     case bind(AMQPBinding, CheckedContinuation<Void, any Error>)
     case unbind(AMQPBinding, CheckedContinuation<Void, any Error>)

@@ -31,6 +31,9 @@ final class ConnectionLoop {
     private var waitingPublishes = FIFO<PendingPublish>()
     private var unconfirmed: [PendingPublish] = []  // ordered by sequence number
     private var nextSequence: UInt64 = 1
+    /// The broker blocked this connection (a memory or disk alarm): nothing is written until it
+    /// unblocks, and publishes fail at their deadlines meanwhile.
+    private var blocked = false
 
     // Declarations and other requests that wait for a connection.
     private var remembered: [AMQPTopology] = []
@@ -76,6 +79,7 @@ final class ConnectionLoop {
             }
             if connection != nil {
                 sendWaitingPublishes()
+                expirePublishes()
             } else {
                 expireWaiting()
             }
@@ -103,9 +107,10 @@ final class ConnectionLoop {
 
     private func handle(_ command: ConnectionCommand) {
         switch command {
-        case .publish(let message, let continuation):
+        case .publish(let message, let timeout, let continuation):
             waitingPublishes.append(
-                PendingPublish(message: message, continuation: continuation, deadline: clock.now + configuration.operationTimeout)
+                PendingPublish(
+                    message: message, continuation: continuation, deadline: clock.now + (timeout ?? configuration.publishTimeout))
             )
         case .unbind(let binding, let continuation):
             do {
@@ -226,6 +231,8 @@ final class ConnectionLoop {
         generation += 1
         status.generation.store(generation, ordering: .relaxed)
         status.connected.store(false, ordering: .relaxed)
+        blocked = false
+        status.blocked.store(false, ordering: .relaxed)
         if destroy { amqp_destroy_connection(state) }
         let lost = AMQPError(.connectionLost, "connection lost before the broker confirmed: \(error.message)")
         for publish in unconfirmed { publish.continuation.resume(throwing: lost) }
@@ -350,8 +357,29 @@ final class ConnectionLoop {
 
     // MARK: - Publishing
 
+    /// Fails the publishes whose deadline passed: those still waiting (the confirm window is
+    /// full, or the connection is blocked) and those sent but not confirmed (they may or may
+    /// not have arrived). A late confirm of one of them is ignored.
+    private func expirePublishes() {
+        let now = clock.now
+        while let first = waitingPublishes.first, first.deadline <= now {
+            let why = blocked ? "the broker blocks publishing (a resource alarm)" : "the confirm window stayed full"
+            waitingPublishes.removeFirst().continuation.resume(
+                throwing: AMQPError(.timeout, "not published within its deadline: \(why)"))
+        }
+        guard unconfirmed.contains(where: { $0.deadline <= now }) else { return }
+        unconfirmed.removeAll { publish in
+            guard publish.deadline <= now else { return false }
+            publish.continuation.resume(
+                throwing: AMQPError(.timeout, "the broker did not confirm within the deadline (the message may have arrived)"))
+            return true
+        }
+    }
+
     private func sendWaitingPublishes() {
-        while let state = connection, unconfirmed.count < configuration.confirmWindow, var publish = waitingPublishes.first {
+        while !blocked, let state = connection, unconfirmed.count < configuration.confirmWindow,
+            var publish = waitingPublishes.first
+        {
             _ = waitingPublishes.removeFirst()
             let message = publish.message
             arena.reset()
@@ -587,9 +615,13 @@ final class ConnectionLoop {
                 AMQPError(.connectionLost, "broker closed the connection: \(c.reply_code) \(String(amqp: c.reply_text))"),
                 destroy: true)
         case ringing_connection_blocked:
-            logger.warning("AMQP connection blocked by the broker (resource alarm): publishes wait")
+            logger.warning("AMQP connection blocked by the broker (resource alarm): publishes wait, up to their deadlines")
+            blocked = true
+            status.blocked.store(true, ordering: .relaxed)
         case ringing_connection_unblocked:
             logger.notice("AMQP connection unblocked")
+            blocked = false
+            status.blocked.store(false, ordering: .relaxed)
         default:
             break
         }
@@ -725,7 +757,7 @@ struct WaitingRequest {
 
     func fail(_ error: AMQPError) {
         switch command {
-        case .publish(_, let c), .declare(_, _, let c), .whenConnected(let c), .bind(_, let c), .unbind(_, let c):
+        case .publish(_, _, let c), .declare(_, _, let c), .whenConnected(let c), .bind(_, let c), .unbind(_, let c):
             c.resume(throwing: error)
         case .deleteQueue(_, let c), .purgeQueue(_, let c): c.resume(throwing: error)
         case .consume(_, let stream, let c):

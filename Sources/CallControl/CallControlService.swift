@@ -122,6 +122,7 @@ public final class CallControlService: ComposedService, Sendable {
             ("migrations and consumers", isReady),
             ("consumers subscribed (\(live) of \(configuration.workers))", live == configuration.workers),
             ("broker (publish)", publisher.isConnected), ("broker (consume)", consumerConnection.isConnected),
+            ("broker not blocking publishes (no resource alarm)", !publisher.isBlocked),
             ("database", database),
         ])
     }

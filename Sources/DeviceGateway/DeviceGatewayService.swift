@@ -102,6 +102,7 @@ public final class DeviceGatewayService: ComposedService, Sendable {
     func readiness() async -> Readiness {
         Readiness(checks: [
             ("listener", isReady), ("broker (requests)", publisher.isConnected),
+            ("broker not blocking publishes (no resource alarm)", !publisher.isBlocked),
             ("broker (notifications)", feed.isConnected),
         ])
     }

@@ -96,6 +96,7 @@ public final class TokenService: ComposedService, Sendable {
             ("consumers", isReady),
             ("consumers subscribed (\(live) of \(configuration.workers))", live == configuration.workers),
             ("broker (publish)", publisher.isConnected),
+            ("broker not blocking publishes (no resource alarm)", !publisher.isBlocked),
             ("broker (consume)", consumerConnection.isConnected),
             ("database", database),
         ])

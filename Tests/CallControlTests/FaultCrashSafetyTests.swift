@@ -10,6 +10,10 @@ import RingingContract
 import TestSupport
 import Testing
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
 @Suite(.serialized) struct FaultCrashSafetyTests {
     /// SIGSTOP or SIGCONT to every PostgreSQL process of the stack.
     static func signalPostgres(_ signal: String) throws {
@@ -102,5 +106,65 @@ import Testing
         }
         #expect(tokens.log.contains("cancelled this worker's consumer"))
         #expect(tokens.terminate() == 0)
+    }
+
+    /// `/readyz` of an instance: its status and body.
+    static func readiness(port: Int) async -> (Int, String) {
+        guard let (data, response) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/readyz")!),
+            let http = response as? HTTPURLResponse
+        else { return (0, "") }
+        return (http.statusCode, String(decoding: data, as: UTF8.self))
+    }
+
+    /// Polls `/readyz` until `done` holds (the readiness endpoint has nothing to wait on).
+    static func awaitReadiness(port: Int, _ what: String, _ done: @escaping @Sendable (Int, String) -> Bool) async throws {
+        try await withDeadline(.seconds(90), what) {
+            while true {
+                let (status, body) = await Self.readiness(port: port)
+                if done(status, body) { return }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+    }
+
+    /// The broker's memory alarm while a ring deadline fires: call-control's publish of the
+    /// outcome is held (not written while the connection is blocked), `/readyz` says the broker
+    /// blocks publishing; once the alarm clears the outcome is published, exactly once.
+    @Test(.timeLimit(.minutes(3)))
+    func aMemoryAlarmMakesTheInstanceNotReadyAndNothingIsLostOnceItClears() async throws {
+        let port = Int.random(in: 41_000..<49_000)
+        let instance = try ServiceProcess(
+            executable: "call-control", name: TestEnvironment.uniqueName("alarm"),
+            environment: ["RINGING_HTTP_PORT": "\(port)", "RINGING_OUTBOX_GRACE_S": "2"], readyLine: "call-control ready")
+        defer { if instance.isRunning { instance.kill() } }
+        try await instance.waitUntilReady()
+        try await Self.awaitReadiness(port: port, "ready at first") { status, _ in status == 200 }
+        let auth = try await AuthTokens(secret: AuthTokens.developmentSecret)
+        let (alice, bob) = (TestEnvironment.uniqueName("alice"), TestEnvironment.uniqueName("bob"))
+        try await RingingTestClient.with { client in
+            let events = try await Capture.start(client.amqp, exchange: Topology.eventsExchange, keys: ["call.#"])
+            let initiated = try await client.request(
+                RequestType.initiate.rawValue, token: try await auth.mint(uid: alice),
+                ["receiver_id": .string(bob), "receiver_type": "user", "call_type": "audio", "timeout_s": 5])
+            let session = try #require(initiated.call?.sessionID)
+            var cleared = false
+            try StackServer.rabbitmqctl("set_vm_memory_high_watermark", "0.0000001")
+            defer { if !cleared { try? StackServer.rabbitmqctl("set_vm_memory_high_watermark", "0.4") } }
+            // The deadline fires during the alarm: the outcome cannot be published.
+            try await Self.awaitReadiness(port: port, "not ready while the broker blocks publishing") { status, body in
+                status == 503 && body.contains("broker not blocking publishes (no resource alarm): not ready")
+            }
+            try StackServer.rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+            cleared = true
+            try await Self.awaitReadiness(port: port, "ready again after the alarm") { status, _ in status == 200 }
+            _ = try await events.next("the unanswered outcome", timeout: .seconds(60)) {
+                $0.type == "call.unanswered" && $0.call.sessionID == session
+            }
+            var seen = Set<UUID>()
+            let unique = events.events.filter { $0.call.sessionID == session && seen.insert($0.eventID).inserted }
+            #expect(unique.map(\.type).sorted() == ["call.initiated", "call.unanswered"])
+        }
+        #expect(instance.log.contains("blocked by the broker"), "the alarm is not silent")
+        #expect(instance.terminate() == 0)
     }
 }

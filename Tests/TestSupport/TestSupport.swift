@@ -47,7 +47,12 @@ public enum StackServer: String, Sendable {
     public func stop() throws { try Self.stack("stop", rawValue) }
     public func start() throws { try Self.stack("start", rawValue) }
 
-    private static func stack(_ arguments: String...) throws {
+    /// The local broker's rabbitmqctl (to raise and clear resource alarms).
+    public static func rabbitmqctl(_ arguments: String...) throws { try stack(["rabbitmqctl"] + arguments) }
+
+    private static func stack(_ arguments: String...) throws { try stack(arguments) }
+
+    private static func stack(_ arguments: [String]) throws {
         let process = Process()
         process.executableURL = TestEnvironment.repositoryRoot.appendingPathComponent("scripts/stack")
         process.arguments = arguments
