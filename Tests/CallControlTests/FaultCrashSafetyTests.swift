@@ -167,4 +167,63 @@ import Testing
         #expect(instance.log.contains("blocked by the broker"), "the alarm is not silent")
         #expect(instance.terminate() == 0)
     }
+
+    // MARK: - Under load
+
+    /// 300 calls through three instances, with `fault` at the first milestone (a third of the
+    /// calls placed) and `recovery` at the second; every call ends where its plan put it, with
+    /// exactly its events (the crash harness's checks).
+    static func underLoad(
+        _ name: String, fault: @escaping @Sendable () async throws -> Void, recovery: @escaping @Sendable () async throws -> Void
+    ) async throws {
+        let run = TestEnvironment.uniqueName(name)
+        let instances = try CrashSafetyTests.startInstances(run)
+        defer { for instance in instances where instance.isRunning { instance.terminate() } }
+        for instance in instances { try await instance.waitUntilReady() }
+        try await CrashSafetyTests.driveCallsAndCheck(run: run, count: 300) { answered in
+            if answered == 300 / 3 { try await fault() } else { try await recovery() }
+        }
+        for instance in instances { #expect(instance.terminate() == 0, "\(instance.name) stops cleanly") }
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func underLoadPostgreSQLPausedFor20Seconds() async throws {
+        try await Self.underLoad(
+            "pg-pause",
+            fault: {
+                try Self.signalPostgres("STOP")
+                try? await Task.sleep(for: .seconds(20))
+                try Self.signalPostgres("CONT")
+            }, recovery: {})
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func underLoadPostgreSQLRestarted() async throws {
+        try await Self.underLoad(
+            "pg-restart",
+            fault: {
+                try StackServer.postgres.stop()
+                try StackServer.postgres.start()
+            }, recovery: {})
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func underLoadTheCommandQueueDeletedAndDeclaredAgain() async throws {
+        try await Self.underLoad(
+            "queue-gone",
+            fault: {
+                try await RingingTestClient.with { client in _ = try await client.amqp.deleteQueue(Topology.callControlQueue) }
+            }, recovery: {})
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func underLoadABrokerMemoryAlarm() async throws {
+        try await Self.underLoad(
+            "alarm",
+            fault: {
+                try StackServer.rabbitmqctl("set_vm_memory_high_watermark", "0.0000001")
+                try? await Task.sleep(for: .seconds(5))
+                try StackServer.rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+            }, recovery: {})
+    }
 }
