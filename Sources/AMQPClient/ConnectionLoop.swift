@@ -28,12 +28,7 @@ final class ConnectionLoop {
     private var shuttingDown = false
 
     // Publishing (channel 1, confirm mode).
-    private var waitingPublishes = FIFO<PendingPublish>()
-    private var unconfirmed: [PendingPublish] = []  // ordered by sequence number
-    private var nextSequence: UInt64 = 1
-    /// The broker blocked this connection (a memory or disk alarm): nothing is written until it
-    /// unblocks, and publishes fail at their deadlines meanwhile.
-    private var blocked = false
+    private var publishing: PublisherState<CheckedContinuation<Void, any Error>>
 
     // Declarations and other requests that wait for a connection.
     private var remembered: [AMQPTopology] = []
@@ -58,6 +53,7 @@ final class ConnectionLoop {
         self.inbox = inbox
         self.status = status
         self.backoff = configuration.reconnectBackoff
+        self.publishing = PublisherState(window: configuration.confirmWindow)
         self.retryAt = clock.now
         self.pollInterval =
             min(configuration.heartbeat / 4, .seconds(1)) > .zero ? min(configuration.heartbeat / 4, .seconds(1)) : .seconds(1)
@@ -108,10 +104,7 @@ final class ConnectionLoop {
     private func handle(_ command: ConnectionCommand) {
         switch command {
         case .publish(let message, let timeout, let continuation):
-            waitingPublishes.append(
-                PendingPublish(
-                    message: message, continuation: continuation, deadline: clock.now + (timeout ?? configuration.publishTimeout))
-            )
+            publishing.enqueue(message, continuation, deadline: clock.now + (timeout ?? configuration.publishTimeout))
         case .unbind(let binding, let continuation):
             do {
                 try release(binding)
@@ -219,7 +212,9 @@ final class ConnectionLoop {
         try openChannel(Self.publishChannel)
         amqp_confirm_select(connection, Self.publishChannel)
         try checkReply(channel: Self.publishChannel)
-        nextSequence = 1
+        resolve(
+            publishing.channelOpened(
+                failing: AMQPError(.channelClosed, "the publishing channel was opened again"), connectionIsNew: false))
     }
 
     /// Forgets the connection: in-flight publishes fail (their outcome is unknown), consumers
@@ -231,12 +226,11 @@ final class ConnectionLoop {
         generation += 1
         status.generation.store(generation, ordering: .relaxed)
         status.connected.store(false, ordering: .relaxed)
-        blocked = false
         status.blocked.store(false, ordering: .relaxed)
         if destroy { amqp_destroy_connection(state) }
-        let lost = AMQPError(.connectionLost, "connection lost before the broker confirmed: \(error.message)")
-        for publish in unconfirmed { publish.continuation.resume(throwing: lost) }
-        unconfirmed.removeAll()
+        resolve(
+            publishing.connectionLost(AMQPError(.connectionLost, "connection lost before the broker confirmed: \(error.message)"))
+        )
         incoming.removeAll()
         consumerByChannel.removeAll()
         settlements.removeAll()
@@ -341,9 +335,7 @@ final class ConnectionLoop {
 
     private func expireWaiting() {
         let now = clock.now
-        while let first = waitingPublishes.first, first.deadline <= now {
-            waitingPublishes.removeFirst().continuation.resume(throwing: notConnected())
-        }
+        resolve(publishing.expire(at: now, notConnected: notConnected()))
         waitingRequests.removeAll { request in
             guard request.deadline <= now else { return false }
             request.fail(notConnected())
@@ -357,30 +349,23 @@ final class ConnectionLoop {
 
     // MARK: - Publishing
 
-    /// Fails the publishes whose deadline passed: those still waiting (the confirm window is
-    /// full, or the connection is blocked) and those sent but not confirmed (they may or may
-    /// not have arrived). A late confirm of one of them is ignored.
+    /// Fails the publishes whose deadline passed (see `PublisherState.expire`).
     private func expirePublishes() {
-        let now = clock.now
-        while let first = waitingPublishes.first, first.deadline <= now {
-            let why = blocked ? "the broker blocks publishing (a resource alarm)" : "the confirm window stayed full"
-            waitingPublishes.removeFirst().continuation.resume(
-                throwing: AMQPError(.timeout, "not published within its deadline: \(why)"))
-        }
-        guard unconfirmed.contains(where: { $0.deadline <= now }) else { return }
-        unconfirmed.removeAll { publish in
-            guard publish.deadline <= now else { return false }
-            publish.continuation.resume(
-                throwing: AMQPError(.timeout, "the broker did not confirm within the deadline (the message may have arrived)"))
-            return true
+        resolve(publishing.expire(at: clock.now, notConnected: nil))
+    }
+
+    /// Resumes the callers of settled publishes.
+    private func resolve(_ outcomes: [(CheckedContinuation<Void, any Error>, PublishOutcome)]) {
+        for (continuation, outcome) in outcomes {
+            switch outcome {
+            case .confirmed: continuation.resume()
+            case .failed(let error): continuation.resume(throwing: error)
+            }
         }
     }
 
     private func sendWaitingPublishes() {
-        while !blocked, let state = connection, unconfirmed.count < configuration.confirmWindow,
-            var publish = waitingPublishes.first
-        {
-            _ = waitingPublishes.removeFirst()
+        while let state = connection, let publish = publishing.nextToWrite() {
             let message = publish.message
             arena.reset()
             var properties = arena.properties(message.properties)
@@ -391,35 +376,9 @@ final class ConnectionLoop {
                     state, Self.publishChannel, exchange, routingKey, message.mandatory ? 1 : 0, 0, &properties,
                     amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress)))
             }
-            publish.sequence = nextSequence
-            nextSequence += 1
-            unconfirmed.append(publish)
             if result != AMQP_STATUS_OK.rawValue {
                 dropConnection(AMQPError(.connectionLost, "publish failed: \(errorText(result))"), destroy: true)
             }
-        }
-    }
-
-    private func confirm(upTo tag: UInt64, multiple: Bool, _ outcome: (PendingPublish) -> Void) {
-        if multiple {
-            let count = unconfirmed.prefix { $0.sequence <= tag }.count
-            for publish in unconfirmed.prefix(count) { outcome(publish) }
-            unconfirmed.removeFirst(count)
-        } else if let index = unconfirmed.firstIndex(where: { $0.sequence == tag }) {
-            outcome(unconfirmed.remove(at: index))
-        }
-    }
-
-    private func handleReturn(_ content: IncomingContent, replyText: String) {
-        // A return comes before the confirm of the same message; publishes on a channel are
-        // returned in the order they were sent, so the earliest unconfirmed publish to the same
-        // exchange and routing key that has not been returned yet is the one.
-        guard case .returned(_, let exchange, let routingKey) = content.kind else { return }
-        if let index = unconfirmed.firstIndex(where: {
-            $0.returned == nil && $0.message.exchange == exchange && $0.message.routingKey == routingKey
-                && $0.message.properties.messageID == content.properties.messageID
-        }) {
-            unconfirmed[index].returned = replyText
         }
     }
 
@@ -558,7 +517,10 @@ final class ConnectionLoop {
         guard let content = incoming.removeValue(forKey: channel) else { return }
         switch content.kind {
         case .delivery: deliver(content, channel: channel)
-        case .returned(let replyText, _, _): handleReturn(content, replyText: replyText)
+        case .returned(let replyText, let exchange, let routingKey):
+            // A return comes before the confirm of the same message.
+            publishing.returned(
+                exchange: exchange, routingKey: routingKey, messageID: content.properties.messageID, replyText: replyText)
         }
     }
 
@@ -579,23 +541,10 @@ final class ConnectionLoop {
                     routingKey: String(amqp: r.routing_key)))
         case ringing_basic_ack where channel == Self.publishChannel:
             let a = decoded!.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
-            confirm(upTo: a.delivery_tag, multiple: a.multiple != 0) { publish in
-                if let returned = publish.returned {
-                    publish.continuation.resume(
-                        throwing: AMQPError(
-                            .unroutable,
-                            "message to exchange '\(publish.message.exchange)' with routing key '\(publish.message.routingKey)' matched no queue (\(returned))"
-                        ))
-                } else {
-                    publish.continuation.resume()
-                }
-            }
+            resolve(publishing.confirmed(a.delivery_tag, multiple: a.multiple != 0, ack: true))
         case ringing_basic_nack where channel == Self.publishChannel:
             let n = decoded!.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
-            confirm(upTo: n.delivery_tag, multiple: n.multiple != 0) { publish in
-                publish.continuation.resume(
-                    throwing: AMQPError(.nacked, "the broker refused the message to '\(publish.message.exchange)'"))
-            }
+            resolve(publishing.confirmed(n.delivery_tag, multiple: n.multiple != 0, ack: false))
         case ringing_basic_cancel:
             // The broker cancelled a consumer (its queue was deleted): end its sequence.
             if let id = consumerByChannel.removeValue(forKey: channel), let record = consumers.removeValue(forKey: id) {
@@ -616,11 +565,11 @@ final class ConnectionLoop {
                 destroy: true)
         case ringing_connection_blocked:
             logger.warning("AMQP connection blocked by the broker (resource alarm): publishes wait, up to their deadlines")
-            blocked = true
+            publishing.setBlocked(true)
             status.blocked.store(true, ordering: .relaxed)
         case ringing_connection_unblocked:
             logger.notice("AMQP connection unblocked")
-            blocked = false
+            publishing.setBlocked(false)
             status.blocked.store(false, ordering: .relaxed)
         default:
             break
@@ -637,8 +586,7 @@ final class ConnectionLoop {
         logger.warning("AMQP channel closed by the broker", metadata: ["channel": "\(channel)", "error": "\(error)"])
         do {
             if channel == Self.publishChannel {
-                for publish in unconfirmed { publish.continuation.resume(throwing: error) }
-                unconfirmed.removeAll()
+                resolve(publishing.channelOpened(failing: error, connectionIsNew: false))
                 try openPublishChannel()
                 // Consumers on the publishing channel (direct reply-to) start again with it.
                 for (id, record) in consumers where record.spec.onPublishChannel { try startConsumer(id) }
@@ -714,10 +662,10 @@ final class ConnectionLoop {
     private func shutDown() {
         // Give outstanding confirms a moment, so a graceful stop loses nothing it could keep.
         let deadline = clock.now + .seconds(5)
-        while connection != nil, !(unconfirmed.isEmpty && waitingPublishes.isEmpty), clock.now < deadline {
+        while connection != nil, !publishing.isIdle, clock.now < deadline {
             sendWaitingPublishes()
             readFrames()
-            if connection != nil, !unconfirmed.isEmpty {
+            if connection != nil, !publishing.unconfirmed.isEmpty {
                 _ = waitReadable([amqp_get_sockfd(connection!)], timeout: .milliseconds(50))
             }
         }
@@ -726,9 +674,7 @@ final class ConnectionLoop {
             amqp_connection_close(state, AMQP_REPLY_SUCCESS)
             dropConnection(closed, destroy: true)
         }
-        for publish in unconfirmed { publish.continuation.resume(throwing: closed) }
-        unconfirmed.removeAll()
-        while !waitingPublishes.isEmpty { waitingPublishes.removeFirst().continuation.resume(throwing: closed) }
+        resolve(publishing.shutDown(closed))
         for request in waitingRequests { request.fail(closed) }
         waitingRequests.removeAll()
         for record in consumers.values { record.stream.finish() }
@@ -741,15 +687,6 @@ final class ConnectionLoop {
 }
 
 // MARK: - Bookkeeping types
-
-struct PendingPublish {
-    let message: AMQPMessage
-    let continuation: CheckedContinuation<Void, any Error>
-    let deadline: ContinuousClock.Instant
-    var sequence: UInt64 = 0
-    /// Set when the broker returned the message; its confirm then fails the publish.
-    var returned: String?
-}
 
 struct WaitingRequest {
     let command: ConnectionCommand

@@ -45,50 +45,8 @@ import Testing
             let bob = TestEnvironment.uniqueName("bob")
             try await Self.withDevices(s, [(alice, "alice-phone"), (bob, "bob-phone"), (bob, "bob-tablet")]) { devices in
                 let (caller, phone, tablet) = (devices[0], devices[1], devices[2])
-                let call = try await caller.client.initiateCall(receiverID: bob, callType: .video)
-                #expect(caller.client.activeCall?.sessionID == call.sessionID, "the caller is active while it rings")
-                try await phone.expect(.incomingCallReceived, call.sessionID)
-                // The library sent the ring receipt when it handed the call to the app.
-                try await caller.expect(.outgoingCallRinging, call.sessionID)
-
-                let accepted = try await phone.client.acceptCall(sessionID: call.sessionID)
-                #expect(accepted.status == .ongoing)
-                try await caller.expect(.outgoingCallAccepted, call.sessionID)
-                try await tablet.expect(.answeredElsewhere, call.sessionID)
-                // The tablet's late accept is refused with the call's state.
-                await #expect { try await tablet.client.acceptCall(sessionID: call.sessionID) } throws: { error in
-                    (error as? RingingError)?.code == .invalidState && (error as? RingingError)?.status == .ongoing
-                }
-                let callerToken = try await caller.client.generateToken(sessionID: call.sessionID)
-                let calleeToken = try await phone.client.generateToken(sessionID: call.sessionID)
-                #expect(callerToken.token != calleeToken.token)
-                #expect(try await phone.client.getActiveCall()?.sessionID == call.sessionID)
-
-                let ended = try await caller.client.endCall(sessionID: call.sessionID)
-                #expect(ended.status == .ended)
-                caller.client.clearActiveCall()
-                #expect(caller.client.activeCall == nil)
-                try await phone.expect(.callEnded, call.sessionID)
-                try await tablet.expect(.callEnded, call.sessionID)
-
-                // A barrier: a later call's notification means everything before it arrived.
-                let barrier = try await caller.client.initiateCall(receiverID: bob)
-                try await phone.expect(.incomingCallReceived, barrier.sessionID)
-                try await tablet.expect(.incomingCallReceived, barrier.sessionID)
-                let callerLog = caller.recorder.log(call.sessionID)
-                #expect(
-                    callerLog == ["ringing:initiated:bob-phone", "accepted:ongoing"]
-                        || callerLog == ["ringing:initiated:bob-tablet", "accepted:ongoing"], "\(callerLog)")
-                #expect(
-                    phone.recorder.log(call.sessionID) == ["incoming:initiated", "ended:ended"],
-                    "the phone that answered is not told it was answered elsewhere")
-                #expect(
-                    tablet.recorder.log(call.sessionID) == [
-                        "incoming:initiated", "answeredElsewhere:ongoing:bob-phone", "ended:ended",
-                    ])
-
-                let history = try await phone.client.callHistory(limit: 10, direction: .incoming)
-                #expect(history.calls.map(\.sessionID).contains(call.sessionID))
+                #expect(!caller.client.transport.keepsCallsLive, "over AMQP the client sends heartbeats itself")
+                try await SeedFlow.run(caller: caller, phone: phone, tablet: tablet, bob: bob)
             }
         }
     }

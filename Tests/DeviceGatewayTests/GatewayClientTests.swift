@@ -44,43 +44,7 @@ extension Gateway {
                 let (caller, phone, tablet) = (devices[0], devices[1], devices[2])
                 #expect(caller.client.connectionState == .connected)
                 #expect(caller.client.transport.keepsCallsLive, "the gateway heartbeats its users' calls")
-                let call = try await caller.client.initiateCall(receiverID: bob, callType: .video)
-                try await phone.expect(.incomingCallReceived, call.sessionID)
-                try await tablet.expect(.incomingCallReceived, call.sessionID)
-                // The library sent the ring receipt: the caller sees "Ringing…".
-                try await caller.expect(.outgoingCallRinging, call.sessionID)
-
-                let accepted = try await phone.client.acceptCall(sessionID: call.sessionID)
-                #expect(accepted.status == .ongoing)
-                try await caller.expect(.outgoingCallAccepted, call.sessionID)
-                try await tablet.expect(.answeredElsewhere, call.sessionID)
-                let token = try await phone.client.generateToken(sessionID: call.sessionID)
-                #expect(!token.token.isEmpty)
-                #expect(try await phone.client.getActiveCall()?.sessionID == call.sessionID)
-
-                _ = try await caller.client.endCall(sessionID: call.sessionID)
-                try await phone.expect(.callEnded, call.sessionID)
-                try await tablet.expect(.callEnded, call.sessionID)
-
-                // A later call is the barrier: everything about the first one has arrived.
-                let barrier = try await caller.client.initiateCall(receiverID: bob)
-                try await phone.expect(.incomingCallReceived, barrier.sessionID)
-                #expect(
-                    phone.recorder.log(call.sessionID) == ["incoming:initiated", "ended:ended"],
-                    "the phone that answered is not told it was answered elsewhere")
-                #expect(
-                    tablet.recorder.log(call.sessionID) == [
-                        "incoming:initiated", "answeredElsewhere:ongoing:bob-phone", "ended:ended",
-                    ])
-                let callerLog = caller.recorder.log(call.sessionID)
-                #expect(callerLog.count == 2 && callerLog.first?.hasPrefix("ringing:initiated:bob-") == true, "\(callerLog)")
-                #expect(callerLog.last == "accepted:ongoing")
-                let history = try await tablet.client.callHistory(limit: 5, direction: .incoming)
-                #expect(history.calls.contains { $0.sessionID == call.sessionID })
-                // Errors come back with their code and field, through the gateway too.
-                await #expect { try await caller.client.initiateCall(receiverID: "not a uid") } throws: { error in
-                    (error as? RingingError)?.code == .invalidRequest && (error as? RingingError)?.field == "receiver_id"
-                }
+                try await SeedFlow.run(caller: caller, phone: phone, tablet: tablet, bob: bob)
             }
         }
     }

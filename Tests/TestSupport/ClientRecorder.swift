@@ -4,6 +4,7 @@ public import Foundation
 public import RingingClient
 public import RingingContract
 import Synchronization
+import Testing
 
 /// Records the callbacks a client's delegate receives, and lets a test wait for one.
 public final class Recorder: RingingClientDelegate {
@@ -98,5 +99,62 @@ public struct Device: Sendable {
         case .participantJoined, .participantLeft: callback = name.rawValue
         }
         try await recorder.wait(for: callback, session)
+    }
+}
+
+/// The seed's flow with the client library, whatever the transport: alice's phone calls bob,
+/// whose phone and tablet ring; the phone answers, the tablet stops ringing, both sides get
+/// call tokens, alice hangs up. Checks each device's callbacks (each exactly once, none about
+/// a device's own answer) and returns the call.
+public enum SeedFlow {
+    @discardableResult
+    public static func run(caller: Device, phone: Device, tablet: Device, bob: String) async throws -> Call {
+        let call = try await caller.client.initiateCall(receiverID: bob, callType: .video)
+        #expect(caller.client.activeCall?.sessionID == call.sessionID, "the caller is active while it rings")
+        try await phone.expect(.incomingCallReceived, call.sessionID)
+        try await tablet.expect(.incomingCallReceived, call.sessionID)
+        // The library sent the ring receipt when it handed the call to the app: "Ringing…".
+        try await caller.expect(.outgoingCallRinging, call.sessionID)
+
+        let accepted = try await phone.client.acceptCall(sessionID: call.sessionID)
+        #expect(accepted.status == .ongoing)
+        try await caller.expect(.outgoingCallAccepted, call.sessionID)
+        try await tablet.expect(.answeredElsewhere, call.sessionID)
+        // The tablet's late accept is refused with the call's state.
+        await #expect { try await tablet.client.acceptCall(sessionID: call.sessionID) } throws: { error in
+            (error as? RingingError)?.code == .invalidState && (error as? RingingError)?.status == .ongoing
+        }
+        let callerToken = try await caller.client.generateToken(sessionID: call.sessionID)
+        let calleeToken = try await phone.client.generateToken(sessionID: call.sessionID)
+        #expect(callerToken.token != calleeToken.token)
+        #expect(try await phone.client.getActiveCall()?.sessionID == call.sessionID)
+
+        let ended = try await caller.client.endCall(sessionID: call.sessionID)
+        #expect(ended.status == .ended)
+        caller.client.clearActiveCall()
+        #expect(caller.client.activeCall == nil)
+        try await phone.expect(.callEnded, call.sessionID)
+        try await tablet.expect(.callEnded, call.sessionID)
+
+        // A barrier: a later call's notification means everything before it arrived.
+        let barrier = try await caller.client.initiateCall(receiverID: bob)
+        try await phone.expect(.incomingCallReceived, barrier.sessionID)
+        try await tablet.expect(.incomingCallReceived, barrier.sessionID)
+        let callerLog = caller.recorder.log(call.sessionID)
+        #expect(
+            callerLog == ["ringing:initiated:bob-phone", "accepted:ongoing"]
+                || callerLog == ["ringing:initiated:bob-tablet", "accepted:ongoing"], "\(callerLog)")
+        #expect(
+            phone.recorder.log(call.sessionID) == ["incoming:initiated", "ended:ended"],
+            "the phone that answered is not told it was answered elsewhere")
+        #expect(
+            tablet.recorder.log(call.sessionID) == ["incoming:initiated", "answeredElsewhere:ongoing:bob-phone", "ended:ended"])
+        let history = try await tablet.client.callHistory(limit: 10, direction: .incoming)
+        #expect(history.calls.map(\.sessionID).contains(call.sessionID))
+        // Errors come back with their code and field.
+        await #expect { try await caller.client.initiateCall(receiverID: "not a uid") } throws: { error in
+            (error as? RingingError)?.code == .invalidRequest && (error as? RingingError)?.field == "receiver_id"
+        }
+        return call
     }
 }
