@@ -170,6 +170,23 @@ public final class AMQPConnection: Sendable {
         try await perform { .publish(message, timeout: timeout, $0) }
     }
 
+    /// `publish`, sent again (the same message) when the broker nacks it: a queue it was routed
+    /// to went away meanwhile (an exclusive queue of a closing connection bound with `#`), or a
+    /// quorum queue had no leader for a moment (under load, during a failover).
+    /// Only for messages whose receiver deduplicates them (requests carry their message_id).
+    public func publishRetryingRefusals(_ message: AMQPMessage, attempts: Int = 3) async throws {
+        var attempt = 1
+        while true {
+            do {
+                try await publish(message)
+                return
+            } catch let error as AMQPError where error.code == .nacked && attempt < attempts {
+                attempt += 1
+                try await Task.sleep(for: .milliseconds(100 * attempt))
+            }
+        }
+    }
+
     /// Starts a consumer with manual acknowledgements (unless `noAck`) and `prefetch`
     /// unsettled deliveries at most. Deliveries arrive in the returned sequence; after a
     /// reconnect the consumer resumes on its own, and deliveries from before are stale

@@ -45,7 +45,7 @@ public final class CommandForwarder: Sendable {
         let message = AMQPMessage(
             exchange: Topology.commandsExchange, routingKey: type, body: body, properties: properties, mandatory: true)
         do {
-            try await connection.publish(message)
+            try await connection.publishRetryingRefusals(message)
         } catch let error as AMQPError where error.code == .unroutable {
             return Self.unavailable("no service takes \(type) requests right now; retry later")
         } catch {

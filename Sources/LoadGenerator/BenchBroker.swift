@@ -125,7 +125,7 @@ public final class BenchBroker: Sendable {
                 contentType: "application/json", deliveryMode: .persistent, correlationID: id,
                 replyTo: AMQPConnection.directReplyTo, messageID: id))
         do {
-            try await publisher.publish(message)
+            try await publisher.publishRetryingRefusals(message)
         } catch {
             replies.withLock { _ = $0.removeValue(forKey: id) }
             throw WaitFailure(code: "publish_failed", detail: "\(routingKey): \(error)")

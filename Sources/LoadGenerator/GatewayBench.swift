@@ -307,7 +307,9 @@ public final class GatewayBench: Sendable {
                         exchange: Topology.commandsExchange, routingKey: type,
                         body: (try? JSONEncoder().encode(fields)) ?? Data(),
                         properties: AMQPProperties(contentType: "application/json", messageID: UUID().uuidString))
-                    do { try await connection.publish(message) } catch { self.error("amqp: publish \(type) failed: \(error)") }
+                    do { try await connection.publishRetryingRefusals(message) } catch {
+                        self.error("amqp: publish \(type) failed: \(error)")
+                    }
                 }
                 defer { self.tally.withLock { $0.duplicates += waiters.duplicates } }
                 return await atRate { pair in

@@ -85,7 +85,7 @@ public final class AMQPTransport: RingingTransport {
             properties: AMQPProperties(
                 contentType: "application/json", deliveryMode: .persistent, correlationID: correlation,
                 replyTo: AMQPConnection.directReplyTo, messageID: id))
-        try await amqp.publish(message)
+        try await amqp.publishRetryingRefusals(message)
         return try await withReplyTimeout(timeout) { try await self.awaitReply(correlation) }
     }
 
