@@ -66,14 +66,14 @@ import Testing
     }
 
     /// Three call-control processes, for the tests that change the set of instances under load.
-    static func startInstances(_ run: String, count: Int = 3) throws -> [ServiceProcess] {
-        try (0..<count).map { try callControl("\(run)-\($0)") }
+    static func startInstances(_ run: String, count: Int = 3, environment: [String: String] = [:]) throws -> [ServiceProcess] {
+        try (0..<count).map { try callControl("\(run)-\($0)", environment: environment) }
     }
 
-    static func callControl(_ name: String) throws -> ServiceProcess {
+    static func callControl(_ name: String, environment: [String: String] = [:]) throws -> ServiceProcess {
         try ServiceProcess(
             executable: "call-control", name: name,
-            environment: ["RINGING_CALL_CONTROL_WORKERS": "2", "RINGING_OUTBOX_GRACE_S": "2"],
+            environment: ["RINGING_CALL_CONTROL_WORKERS": "2", "RINGING_OUTBOX_GRACE_S": "2"].merging(environment) { $1 },
             readyLine: "call-control ready")
     }
 
