@@ -1,4 +1,4 @@
-# Ringing's container image: call-control, token-service, device-gateway and ringctl in one slim image.
+# Ringing's container image: call-control, token-service, push-notifier, device-gateway and ringctl in one slim image.
 #   docker build -t ringing:local .
 # Build stage: the Swift toolchain and the C libraries' headers.
 ARG SWIFT_VERSION=6.3
@@ -16,6 +16,7 @@ RUN swift build -c release --static-swift-stdlib \
     && mkdir /out \
     && cp "$(swift build -c release --show-bin-path)"/call-control /out/ \
     && cp "$(swift build -c release --show-bin-path)"/token-service /out/ \
+    && cp "$(swift build -c release --show-bin-path)"/push-notifier /out/ \
     && cp "$(swift build -c release --show-bin-path)"/device-gateway /out/ \
     && cp -R "$(swift build -c release --show-bin-path)"/Ringing_DeviceGateway.resources /out/ \
     && cp "$(swift build -c release --show-bin-path)"/ringctl /out/

@@ -27,6 +27,11 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird-websocket", from: "2.8.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-http2", from: "1.46.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
     ],
     targets: [
         // C libraries, from Debian's -dev packages (see scripts/stack).
@@ -188,6 +193,55 @@ let package = Package(
             path: "Sources/DeviceGatewayMain",
             swiftSettings: strict
         ),
+        // What the push notifier sends (DESIGN §8) as pure logic: which pushes a notification
+        // makes, the APNs and FCM requests, how a provider's answer is read, retry timing.
+        .target(name: "PushRules", dependencies: ["CallRules", "RingingContract"], swiftSettings: strict),
+        // The push notifier: device registry in PostgreSQL schema `push`, the notification
+        // consumer, APNs and FCM over HTTP/2 (async-http-client), provider tokens (jwt-kit).
+        .target(
+            name: "PushNotifier",
+            dependencies: [
+                "AMQPClient", "PostgresClient", "CallRules", "RingingContract", "RingingAuth", "RingingService",
+                "RingingOperations", "PushRules", "DedicatedThreads",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "push-notifier",
+            dependencies: [
+                "PushNotifier", "RingingOperations", "RingingService",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/PushNotifierMain",
+            swiftSettings: strict
+        ),
+        // Local stand-ins for APNs and FCM (tests and the bench): HTTP/2 over TLS with ALPN h2
+        // and a certificate made at start, checking what the real providers check.
+        .target(
+            name: "PushProviderStubs",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+            ],
+            swiftSettings: strict
+        ),
         // The client library: the seed's calls and callbacks through the device gateway's
         // WebSocket. No rabbitmq-c: an iOS or Android-side Swift app can depend on it.
         .target(
@@ -261,7 +315,7 @@ let package = Package(
             name: "DeviceGatewayTests",
             dependencies: [
                 "DeviceGateway", "CallControl", "CallRules", "RingingContract", "RingingAuth", "RingingService", "AMQPClient",
-                "RingingOperations", "LoadGenerator", "RingingClient", "TokenService",
+                "RingingOperations", "LoadGenerator", "RingingClient", "TokenService", "PushProviderStubs", "PostgresClient",
                 "TestSupport",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
@@ -284,6 +338,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "LoadGeneratorTests", dependencies: ["LoadGenerator"], swiftSettings: strict),
+        .testTarget(name: "PushRulesTests", dependencies: ["PushRules", "RingingContract", "CallRules"], swiftSettings: strict),
         .testTarget(
             name: "PostgresClientTests",
             dependencies: ["PostgresClient", "TestSupport"],

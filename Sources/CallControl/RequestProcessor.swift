@@ -158,6 +158,9 @@ enum RequestProcessor {
         case .generateToken, .jwks:
             return failure(
                 CallError(.invalidRequest, "\(job.request.type.rawValue) is answered by the token service", field: "type"))
+        case .registerDevice, .unregisterDevice, .listDevices:
+            return failure(
+                CallError(.invalidRequest, "\(job.request.type.rawValue) is answered by the push notifier", field: "type"))
         }
     }
 

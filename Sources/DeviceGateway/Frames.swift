@@ -34,8 +34,7 @@ public enum GatewayRequests {
     /// What a socket may ask for: every request of §2 and §8 except `group.set_members`
     /// (service role, HTTP only).
     public static let forwardable: Set<String> = Set(
-        RequestType.allCases.filter { $0 != .setGroupMembers }.map(\.rawValue)
-            + ["device.register", "device.unregister", "device.list"])
+        RequestType.allCases.filter { $0 != .setGroupMembers }.map(\.rawValue))
 
     /// Types whose body takes the socket's `device_id`.
     public static let takesDeviceID: Set<String> = [

@@ -19,6 +19,10 @@ public enum RequestType: String, Sendable, Hashable, CaseIterable {
     case setGroupMembers = "group.set_members"
     case generateToken = "token.generate"
     case jwks = "token.jwks"
+    /// The push notifier's device registry (DESIGN §8).
+    case registerDevice = "device.register"
+    case unregisterDevice = "device.unregister"
+    case listDevices = "device.list"
 
     /// Whether the request needs an `auth_token`.
     public var needsAuthentication: Bool { self != .jwks }
@@ -27,8 +31,8 @@ public enum RequestType: String, Sendable, Hashable, CaseIterable {
     /// heartbeat only refreshes a time and is not recorded (DESIGN §10).
     public var isMutation: Bool {
         switch self {
-        case .initiate, .accept, .reject, .end, .ringing, .setGroupMembers: true
-        case .get, .active, .history, .live, .heartbeat, .generateToken, .jwks: false
+        case .initiate, .accept, .reject, .end, .ringing, .setGroupMembers, .registerDevice, .unregisterDevice: true
+        case .get, .active, .history, .live, .heartbeat, .generateToken, .jwks, .listDevices: false
         }
     }
 }
@@ -99,6 +103,9 @@ public enum Command: Sendable, Hashable {
     case setGroupMembers(groupID: String, members: [String])
     case generateToken(sessionID: UUID)
     case jwks
+    case registerDevice(DeviceRegistration)
+    case unregisterDevice(deviceID: String)
+    case listDevices
 
     /// The call the command is about, if it names one.
     public var sessionID: UUID? {
@@ -206,6 +213,16 @@ public enum RequestParser {
             return .setGroupMembers(groupID: group, members: members)
         case .generateToken:
             return .generateToken(sessionID: try f.uuid("session_id"))
+        case .registerDevice:
+            let registration = DeviceRegistration(
+                deviceID: try f.requiredDeviceID(), platform: try f.enumeration("platform", DevicePlatform.self),
+                kind: try f.enumeration("kind", PushKind.self), pushToken: try f.string("push_token"),
+                appID: try f.string("app_id"), environment: try f.enumeration("environment", PushEnvironment.self))
+            return .registerDevice(try registration.validated())
+        case .unregisterDevice:
+            return .unregisterDevice(deviceID: try f.requiredDeviceID())
+        case .listDevices:
+            return .listDevices
         case .jwks:
             return .jwks
         }
@@ -323,6 +340,11 @@ struct Fields {
             throw CallError.invalid(name, "\(name) is \(size) bytes as JSON; at most \(maximumBytes) are accepted")
         }
         return object
+    }
+
+    mutating func requiredDeviceID() throws(CallError) -> String {
+        guard let id = try deviceID() else { throw CallError.invalid("device_id", "device_id is required") }
+        return id
     }
 
     mutating func deviceID() throws(CallError) -> String? {

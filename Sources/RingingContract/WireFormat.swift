@@ -232,6 +232,8 @@ public struct WireReply: Codable, Sendable, Hashable {
     public var token: String?
     public var expiresAt: Date?
     public var keys: [JSONObject]?
+    /// `device.list`.
+    public var devices: [WireDevice]?
     public var error: WireError?
     /// Which of the optional members are present even when nil (`"call": null`).
     var shape: Shape = .plain
@@ -239,7 +241,7 @@ public struct WireReply: Codable, Sendable, Hashable {
     enum Shape: Sendable, Hashable { case plain, call, calls, live }
 
     enum CodingKeys: String, CodingKey {
-        case ok, call, calls, next, token, keys, error
+        case ok, call, calls, next, token, keys, devices, error
         case expiresAt = "expires_at"
     }
 
@@ -266,6 +268,12 @@ public struct WireReply: Codable, Sendable, Hashable {
 
     public static func keys(_ keys: [JSONObject]) -> WireReply {
         WireReply(ok: true, keys: keys)
+    }
+
+    public static func devices(_ devices: [WireDevice]) -> WireReply {
+        var reply = WireReply(ok: true)
+        reply.devices = devices
+        return reply
     }
 
     public static func error(_ error: CallError) -> WireReply {
@@ -296,6 +304,7 @@ public struct WireReply: Codable, Sendable, Hashable {
         token = try c.decodeIfPresent(String.self, forKey: .token)
         expiresAt = try c.decodeIfPresent(Date.self, forKey: .expiresAt)
         keys = try c.decodeIfPresent([JSONObject].self, forKey: .keys)
+        devices = try c.decodeIfPresent([WireDevice].self, forKey: .devices)
         error = try c.decodeIfPresent(WireError.self, forKey: .error)
         shape =
             c.contains(.calls) ? (c.contains(.next) ? .calls : .live) : c.contains(.call) ? .call : .plain
@@ -315,6 +324,7 @@ public struct WireReply: Codable, Sendable, Hashable {
         try c.encodeIfPresent(token, forKey: .token)
         try c.encodeIfPresent(expiresAt, forKey: .expiresAt)
         try c.encodeIfPresent(keys, forKey: .keys)
+        try c.encodeIfPresent(devices, forKey: .devices)
         try c.encodeIfPresent(error, forKey: .error)
     }
 

@@ -6,7 +6,9 @@ public enum RingingTopology {
     /// How often the broker delivers a request before dead-lettering it.
     public static let deliveryLimit: Int64 = 5
 
-    static func serviceQueue(_ name: String) -> AMQPQueue {
+    /// A durable quorum queue of a service, dead-lettering to `calls.dead-letter` after
+    /// `deliveryLimit` deliveries.
+    public static func serviceQueue(_ name: String, deliveryLimit: Int64 = deliveryLimit) -> AMQPQueue {
         .quorum(
             name,
             arguments: [

@@ -71,7 +71,7 @@ public final class TokenService: ComposedService, Sendable {
                 // The queue is call-control's to declare: wait until it is back (DESIGN §9).
                 try await self.workers.run(
                     batchSize: 32, recover: { try await self.publisher.awaitRingingTopology(logger: self.logger) },
-                    handle: { batch, _ in await self.work(batch) })
+                    handle: { batch, _ in await self.answering.work(batch) })
             }
             work.addTask {
                 try? await gracefulShutdown()
@@ -102,62 +102,11 @@ public final class TokenService: ComposedService, Sendable {
         ])
     }
 
-    /// One batch: answer each request, publish the replies, then settle the deliveries.
-    private func work(_ batch: [AMQPDelivery]) async {
-        var replies: [AMQPMessage] = []
-        var settle: [(AMQPDelivery, Bool)] = []  // (delivery, dead-letter)
-        for delivery in batch {
-            let (reply, deadLetter) = await answer(delivery)
-            if let reply { replies.append(reply) }
-            settle.append((delivery, deadLetter))
-        }
-        var backoff = Backoff(initial: .milliseconds(50), maximum: .seconds(5))
-        while true {
-            do {
-                try await publisher.publishAll(replies)
-                break
-            } catch {
-                if batch.contains(where: \.isStale) || Task.isCancelled { break }
-                let delay = backoff.next()
-                logger.warning("publishing replies failed; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
-                try? await Task.sleep(for: delay)
-            }
-        }
-        for (delivery, deadLetter) in settle {
-            if deadLetter { delivery.reject(requeue: false) } else { delivery.ack() }
-        }
-    }
-
-    /// The reply to one request, and whether the request goes to the dead-letter queue.
-    func answer(_ delivery: AMQPDelivery) async -> (AMQPMessage?, Bool) {
-        let envelope: RequestEnvelope
-        do { envelope = try RequestEnvelope(delivery) } catch {
-            return (RequestEnvelope.bareReply(to: delivery, WireReply.error(error).encoded()), true)
-        }
-        let reply: WireReply
-        var deadLetter = false
-        do {
-            reply = try await respond(try RequestParser.parse(routingKey: delivery.routingKey, body: delivery.body))
-        } catch let error as CallError {
-            deadLetter = error.code == .invalidRequest
-            reply = .error(error)
-        } catch {
-            reply = .error(CallError(.unavailable, "the token could not be issued now; retry"))
-        }
-        Counter(
-            label: "ringing_requests_total",
-            dimensions: [
-                ("type", RequestType(rawValue: delivery.routingKey)?.rawValue ?? "unknown"),
-                ("outcome", reply.error?.code.rawValue ?? "ok"),
-            ]
-        ).increment()
-        logger.debug(
-            "token request answered",
-            metadata: [
-                "message_id": "\(envelope.messageID)", "type": "\(delivery.routingKey)",
-                "outcome": "\(reply.error?.code.rawValue ?? "ok")",
-            ])
-        return (envelope.reply(reply.encoded()), deadLetter)
+    /// Answers batches of requests; replies go out on the publishing connection.
+    var answering: RequestAnswering {
+        RequestAnswering(
+            publisher: publisher, logger: logger, unavailableMessage: "the token could not be issued now; retry",
+            respond: { try await self.respond($0) })
     }
 
     private func respond(_ request: Request) async throws -> WireReply {
