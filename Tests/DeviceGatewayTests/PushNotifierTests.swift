@@ -11,9 +11,14 @@ import RingingService
 import TestSupport
 import Testing
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
 @Suite(.serialized) struct PushNotifierTests {
     @Test func aRingPushesEachPhoneOnceAndACancelReachesAndroidOnly() async throws {
-        try await PushFixture.run { f in
+        let metricsPort = try freePort()
+        try await PushFixture.run(["RINGING_HTTP_PORT": "\(metricsPort)"]) { f in
             let g = f.gateway
             let alice = try await g.user("alice")
             let bob = try await g.user("bob")
@@ -62,7 +67,50 @@ import Testing
             // No VoIP push for anything but a ring, and no missed-call alert for a cancelled call.
             #expect(f.production.pushes.filter { $0.provider == .apns }.count == 1)
             #expect(f.sandbox.pushes.isEmpty)
+            // One provider JWT and one OAuth access token serve every push.
+            #expect(f.production.providerTokens == 1)
+            #expect(f.production.tokenGrants == 1)
+            let (metrics, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(metricsPort)/metrics")!)
+            let lines = String(decoding: metrics, as: UTF8.self).split(separator: "\n")
+            func has(_ parts: String...) -> Bool { lines.contains { line in parts.allSatisfy { line.contains($0) } } }
+            #expect(has("ringing_push_sent_total", #"provider="apns""#, #"outcome="accepted""#))
+            #expect(has("ringing_push_sent_total", #"provider="fcm""#, #"outcome="accepted""#))
+            #expect(has("ringing_push_latency_seconds_count", #"provider="apns""#))
+            #expect(has("ringing_push_provider_token_refreshes_total", #"provider="fcm""#))
         }
+    }
+
+    @Test func credentialsInPartOrUnreadableStopTheStartNamingTheVariable() async throws {
+        let key = try TestPushCredentials().apnsKeyPEM
+        let cases: [([String: String], String)] = [
+            (["RINGING_APNS_KEY_ID": "K", "RINGING_APNS_TEAM_ID": "T"], "RINGING_APNS_KEY:"),
+            (["RINGING_APNS_KEY": key, "RINGING_APNS_TEAM_ID": "T"], "RINGING_APNS_KEY_ID:"),
+            (["RINGING_APNS_KEY": key, "RINGING_APNS_KEY_ID": "K"], "RINGING_APNS_TEAM_ID:"),
+            (
+                ["RINGING_APNS_KEY": "-----BEGIN PRIVATE KEY-----\nbm9wZQ==\n-----END PRIVATE KEY-----", "RINGING_APNS_KEY_ID": "K", "RINGING_APNS_TEAM_ID": "T"],
+                "RINGING_APNS_KEY:"
+            ),
+            (["RINGING_FCM_CREDENTIALS": #"{"type":"service_account"}"#], "RINGING_FCM_CREDENTIALS:"),
+            (["RINGING_FCM_CREDENTIALS": "/nonexistent/service-account.json"], "RINGING_FCM_CREDENTIALS:"),
+            (["RINGING_PUSH_CA_FILE": "/nonexistent/ca.pem"], "RINGING_PUSH_CA_FILE:"),
+            (["RINGING_APNS_URL": "http://api.push.apple.com"], "RINGING_APNS_URL:"),
+        ]
+        for (environment, variable) in cases {
+            let process = try ServiceProcess(
+                executable: "push-notifier", name: TestEnvironment.uniqueName("push-bad"), environment: environment,
+                readyLine: "push-notifier ready")
+            try await process.waitForOutput("push-notifier stopped: \(variable)")
+            #expect(process.terminate() == 1, "\(variable)")
+            #expect(process.log.split(separator: "\n").filter { $0.contains(" critical ") }.count == 1)
+        }
+        // No credentials at all: both providers off, one line each, and the notifier serves.
+        let bare = try ServiceProcess(
+            executable: "push-notifier", name: TestEnvironment.uniqueName("push-bare"), environment: [:],
+            readyLine: "push-notifier ready")
+        try await bare.waitUntilReady()
+        #expect(bare.log.components(separatedBy: "APNs is off").count == 2)
+        #expect(bare.log.components(separatedBy: "FCM is off").count == 2)
+        #expect(bare.terminate() == 0)
     }
 
     @Test func anUnansweredCallBecomesAMissedCallAlertInTheSandbox() async throws {
