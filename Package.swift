@@ -282,6 +282,7 @@ let package = Package(
             name: "LoadGenerator",
             dependencies: [
                 "AMQPClient", "PostgresClient", "CallRules", "RingingContract", "RingingAuth", "RingingService",
+                "PushProviderStubs",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "Logging", package: "swift-log"),

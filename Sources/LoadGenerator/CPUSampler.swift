@@ -7,7 +7,7 @@ struct CPUSampler {
     /// Process names (`comm`) of interest, and how the report calls them.
     static let processes: [(comm: String, name: String)] = [
         ("postgres", "postgresql"), ("beam.smp", "rabbitmq"), ("call-control", "call-control"),
-        ("token-service", "token-service"), ("ringing-bench", "ringing-bench"),
+        ("token-service", "token-service"), ("push-notifier", "push-notifier"), ("ringing-bench", "ringing-bench"),
     ]
 
     /// CPU seconds so far, by report name, over every process with a matching name.

@@ -18,7 +18,7 @@ struct BenchCommand: AsyncParsableCommand {
             Ringing as fast as it answers, and Ringing at a fixed offered rate. Needs call-control and \
             token-service running (scripts/up) with the same RINGING_AUTH_SECRET.
             """,
-        subcommands: [Run.self, GatewayPhase.self, FloorWorkerCommand.self],
+        subcommands: [Run.self, GatewayPhase.self, PushPhase.self, FloorWorkerCommand.self],
         defaultSubcommand: Run.self)
 }
 
@@ -189,6 +189,84 @@ struct GatewayPhase: AsyncParsableCommand {
             }
         } catch {
             FileHandle.standardError.write(Data("ringing-bench gateway: \(error)\n".utf8))
+            throw ExitCode.failure
+        }
+    }
+}
+
+struct PushPhase: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "push",
+        abstract: "Push rings through one push-notifier to local APNs and FCM stand-ins: pushes/s and latency.",
+        discussion: """
+            Needs the broker and the database (scripts/stack start) and no other push-notifier consuming \
+            push-notifier.notifications (scripts/bench stops the stack's). Starts its own notifier, trusting the \
+            stand-ins' CA; RINGING_PUSH_NOTIFIER_AMQP_URL and RINGING_CALL_CONTROL_AMQP_URL name the two broker \
+            accounts (scripts/stack amqp-url), RINGING_DATABASE_URL the database.
+            """)
+
+    @Option(help: "Notifications published at once for the flat-out measurement.")
+    var notifications = 10_000
+
+    @Option(help: "Offered notifications/s of the rate measurement.")
+    var rate = 500.0
+
+    @Option(help: "Seconds of the rate measurement.")
+    var duration = 10
+
+    @Option(help: "Users with one device each (half iPhones, half Android phones).")
+    var users = 1_000
+
+    @Option(help: "The push-notifier executable (default: the one beside ringing-bench).")
+    var notifier: String?
+
+    @Option(help: "RINGING_PUSH_CONCURRENCY of the notifier.")
+    var concurrency: Int?
+
+    @Option(help: "Also write the report as JSON to this file.")
+    var json: String?
+
+    func validate() throws {
+        guard (1...1_000_000).contains(notifications) else { throw ValidationError("--notifications must be from 1 to 1000000") }
+        guard rate > 0 else { throw ValidationError("--rate must be above 0 notifications/s") }
+        guard duration >= 1 else { throw ValidationError("--duration must be at least 1 second") }
+        guard (1...100_000).contains(users) else { throw ValidationError("--users must be from 1 to 100000") }
+    }
+
+    func run() async throws {
+        RingingLogging.bootstrap(default: .error)
+        var configuration = PushBenchConfiguration()
+        configuration.flatOutNotifications = notifications
+        configuration.rate = rate
+        configuration.durationSeconds = duration
+        configuration.users = users
+        configuration.notifierConcurrency = concurrency
+        configuration.notifierPath =
+            notifier
+            ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            .appendingPathComponent("push-notifier").path
+        let environment = Environment()
+        do {
+            let bench = PushBench(
+                configuration: configuration,
+                notifierAMQP: environment.string(
+                    "RINGING_PUSH_NOTIFIER_AMQP_URL", default: "amqp://push-notifier:push-notifier@127.0.0.1:5672/"),
+                callControlAMQP: environment.string(
+                    "RINGING_CALL_CONTROL_AMQP_URL", default: "amqp://call-control:call-control@127.0.0.1:5672/"),
+                databaseURL: environment.string(
+                    "RINGING_DATABASE_URL", default: "postgres://ringing:ringing@127.0.0.1:5432/ringing"),
+                logger: Logger(label: "ringing-bench"),
+                progress: { line in FileHandle.standardError.write(Data((line + "\n").utf8)) })
+            let report = try await bench.run()
+            print(report.text)
+            if let json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                try encoder.encode(report).write(to: URL(fileURLWithPath: json))
+                FileHandle.standardError.write(Data("report written to \(json)\n".utf8))
+            }
+        } catch {
+            FileHandle.standardError.write(Data("ringing-bench push: \(error)\n".utf8))
             throw ExitCode.failure
         }
     }

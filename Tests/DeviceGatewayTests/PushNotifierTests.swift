@@ -87,7 +87,10 @@ import Testing
             (["RINGING_APNS_KEY": key, "RINGING_APNS_TEAM_ID": "T"], "RINGING_APNS_KEY_ID:"),
             (["RINGING_APNS_KEY": key, "RINGING_APNS_KEY_ID": "K"], "RINGING_APNS_TEAM_ID:"),
             (
-                ["RINGING_APNS_KEY": "-----BEGIN PRIVATE KEY-----\nbm9wZQ==\n-----END PRIVATE KEY-----", "RINGING_APNS_KEY_ID": "K", "RINGING_APNS_TEAM_ID": "T"],
+                [
+                    "RINGING_APNS_KEY": "-----BEGIN PRIVATE KEY-----\nbm9wZQ==\n-----END PRIVATE KEY-----",
+                    "RINGING_APNS_KEY_ID": "K", "RINGING_APNS_TEAM_ID": "T",
+                ],
                 "RINGING_APNS_KEY:"
             ),
             (["RINGING_FCM_CREDENTIALS": #"{"type":"service_account"}"#], "RINGING_FCM_CREDENTIALS:"),
@@ -100,7 +103,8 @@ import Testing
                 executable: "push-notifier", name: TestEnvironment.uniqueName("push-bad"), environment: environment,
                 readyLine: "push-notifier ready")
             try await process.waitForOutput("push-notifier stopped: \(variable)")
-            #expect(process.terminate() == 1, "\(variable)")
+            let status = try await withDeadline(.seconds(30), "push-notifier to exit") { await process.waitForExit() }
+            #expect(status == 1, "\(variable)")
             #expect(process.log.split(separator: "\n").filter { $0.contains(" critical ") }.count == 1)
         }
         // No credentials at all: both providers off, one line each, and the notifier serves.

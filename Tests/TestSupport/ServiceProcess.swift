@@ -130,6 +130,17 @@ public final class ServiceProcess: Sendable {
         process.waitUntilExit()
     }
 
+    /// Waits until the process exits by itself; returns the exit status.
+    public func waitForExit() async -> Int32 {
+        let process = self.process
+        return await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                process.waitUntilExit()
+                continuation.resume(returning: process.terminationStatus)
+            }
+        }
+    }
+
     /// SIGTERM, then waits for the exit; returns the exit status.
     @discardableResult
     public func terminate() -> Int32 {
