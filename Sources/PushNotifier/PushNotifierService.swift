@@ -36,6 +36,9 @@ public final class PushNotifierService: ComposedService, Sendable {
     let retryPolicy = PushRetryPolicy()
     private let ready = Atomic<Bool>(false)
     private let stopping = Atomic<Bool>(false)
+    /// Pushes being sent by this instance: a duplicate notification (an outbox republish)
+    /// arriving meanwhile does not send them a second time.
+    private let inFlight = Mutex<Set<PushKey>>([])
 
     public init(configuration: PushNotifierConfiguration, logger: Logger) async throws {
         self.configuration = configuration
@@ -256,9 +259,12 @@ public final class PushNotifierService: ComposedService, Sendable {
         if planned.isEmpty { return delivery.ack() }
         guard let done = await database("reading the push log", { try DeviceStore.accepted($0, sessionID: sessionID, uid: uid) })
         else { return settle(delivery, interrupted: true) }
-        let todo = planned.filter { !done.contains($0.key) }
+        let todo = inFlight.withLock { sending in
+            planned.filter { !done.contains($0.key) && sending.insert($0.key).inserted }
+        }
+        defer { inFlight.withLock { sending in for push in todo { sending.remove(push.key) } } }
         if todo.count < planned.count {
-            Counter(label: "ringing_push_skipped_total", dimensions: [("reason", "already_accepted")]).increment(
+            Counter(label: "ringing_push_skipped_total", dimensions: [("reason", "already_accepted_or_in_flight")]).increment(
                 by: planned.count - todo.count)
         }
         let interrupted = await withTaskGroup(of: PushResult.self) { group in
