@@ -248,7 +248,8 @@ public final class PushBench: Sendable {
     }
 }
 
-/// The notifier as a child process; its log is read until it is ready, then discarded.
+/// The notifier as a child process; its log is read (on a thread of its own, until end of file)
+/// until it is ready, then discarded.
 final class NotifierProcess: Sendable {
     let process: Process
     let ready = AsyncStream<Void>.makeStream()
@@ -260,18 +261,18 @@ final class NotifierProcess: Sendable {
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
-        let seen = ready.continuation
-        let buffer = LockedText()
-        pipe.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            if data.isEmpty {
-                handle.readabilityHandler = nil
-                seen.finish()
-                return
-            }
-            if buffer.append(String(decoding: data, as: UTF8.self)) { seen.yield() }
-        }
         try process.run()
+        let seen = ready.continuation
+        let reader = pipe.fileHandleForReading
+        Thread.detachNewThread {
+            let buffer = LockedText()
+            while true {
+                let data = reader.availableData
+                if data.isEmpty { break }
+                if buffer.append(String(decoding: data, as: UTF8.self)) { seen.yield() }
+            }
+            seen.finish()
+        }
     }
 
     func waitUntilReady() async throws {
@@ -279,9 +280,12 @@ final class NotifierProcess: Sendable {
         throw PushBenchError(description: "the push notifier exited before it was ready")
     }
 
+    /// SIGTERM, then up to 30 s for the notifier to finish the pushes in hand.
     func stop() {
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
+        guard process.isRunning else { return }
+        process.terminate()
+        for _ in 0..<3000 where process.isRunning { usleep(10_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
     }
 }
 
