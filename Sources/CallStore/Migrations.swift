@@ -6,7 +6,7 @@ public enum Migrations {
     /// Every instance of every service takes this lock while migrating.
     static let advisoryLock = 0x5249_4E47  // "RING"
 
-    static let all: [(version: Int, name: String, sql: String)] = [
+    static let all: [SchemaMigration] = [
         (
             1, "calls, participants, idempotency, outbox, groups",
             """
@@ -140,25 +140,7 @@ public enum Migrations {
     /// Returns the versions applied now.
     @discardableResult
     public static func apply(_ database: isolated PostgresConnection) throws -> [Int] {
-        try database.withTransaction { db in
-            try db.query("SELECT pg_advisory_xact_lock(\(advisoryLock))")
-            try db.query(
-                """
-                CREATE TABLE IF NOT EXISTS schema_migrations (
-                    version    integer PRIMARY KEY,
-                    name       text NOT NULL,
-                    applied_at timestamptz NOT NULL DEFAULT now()
-                )
-                """)
-            let done = Set(try db.query("SELECT version FROM schema_migrations").map { try $0.decode(Int.self, at: 0) })
-            var applied: [Int] = []
-            for migration in all where !done.contains(migration.version) {
-                try db.executeScript(migration.sql)
-                try db.query("INSERT INTO schema_migrations (version, name) VALUES (\(migration.version), \(migration.name))")
-                applied.append(migration.version)
-            }
-            return applied
-        }
+        try database.applyMigrations(all, lock: advisoryLock)
     }
 
     /// The newest schema version this code knows.

@@ -11,7 +11,7 @@ public enum DeviceStore {
     /// Every notifier instance takes this lock while migrating ("PUSH").
     static let advisoryLock = 0x5055_5348
 
-    static let migrations: [(version: Int, name: String, sql: String)] = [
+    static let migrations: [SchemaMigration] = [
         (
             1, "devices and push log",
             """
@@ -47,27 +47,7 @@ public enum DeviceStore {
     /// Creates the schema and applies what is missing, once, under the advisory lock.
     @discardableResult
     public static func migrate(_ database: isolated PostgresConnection) throws -> [Int] {
-        try database.withTransaction { db in
-            try db.query("SELECT pg_advisory_xact_lock(\(advisoryLock))")
-            try db.query("CREATE SCHEMA IF NOT EXISTS push")
-            try db.query(
-                """
-                CREATE TABLE IF NOT EXISTS push.schema_migrations (
-                    version    integer PRIMARY KEY,
-                    name       text NOT NULL,
-                    applied_at timestamptz NOT NULL DEFAULT now()
-                )
-                """)
-            let done = Set(try db.query("SELECT version FROM push.schema_migrations").map { try $0.decode(Int.self, at: 0) })
-            var applied: [Int] = []
-            for migration in migrations where !done.contains(migration.version) {
-                try db.executeScript(migration.sql)
-                try db.query(
-                    "INSERT INTO push.schema_migrations (version, name) VALUES (\(migration.version), \(migration.name))")
-                applied.append(migration.version)
-            }
-            return applied
-        }
+        try database.applyMigrations(migrations, schema: "push", lock: advisoryLock)
     }
 
     public static let maximumDevicesPerUser = 20

@@ -180,13 +180,7 @@ struct GatewayPhase: AsyncParsableCommand {
                 logger: Logger(label: "ringing-bench"),
                 progress: { line in FileHandle.standardError.write(Data((line + "\n").utf8)) })
             let report = try await bench.run()
-            print(report.text)
-            if let json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                try encoder.encode(report).write(to: URL(fileURLWithPath: json))
-                FileHandle.standardError.write(Data("report written to \(json)\n".utf8))
-            }
+            try emit(report, text: report.text, json: json)
         } catch {
             FileHandle.standardError.write(Data("ringing-bench gateway: \(error)\n".utf8))
             throw ExitCode.failure
@@ -258,13 +252,7 @@ struct PushPhase: AsyncParsableCommand {
                 logger: Logger(label: "ringing-bench"),
                 progress: { line in FileHandle.standardError.write(Data((line + "\n").utf8)) })
             let report = try await bench.run()
-            print(report.text)
-            if let json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                try encoder.encode(report).write(to: URL(fileURLWithPath: json))
-                FileHandle.standardError.write(Data("report written to \(json)\n".utf8))
-            }
+            try emit(report, text: report.text, json: json)
         } catch {
             FileHandle.standardError.write(Data("ringing-bench push: \(error)\n".utf8))
             throw ExitCode.failure
@@ -348,4 +336,14 @@ final class FloorChild: FloorProcess, @unchecked Sendable {
             if done { continuation.resume() }
         }
     }
+}
+
+/// Prints a phase's report and, when asked, writes it as JSON.
+func emit(_ report: some Encodable, text: String, json: String?) throws {
+    print(text)
+    guard let json else { return }
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    try encoder.encode(report).write(to: URL(fileURLWithPath: json))
+    FileHandle.standardError.write(Data("report written to \(json)\n".utf8))
 }
