@@ -344,17 +344,18 @@ public final class PushNotifierService: ComposedService, Sendable {
         }
     }
 
-    /// A push-log or registry statement for the push path: retried while the database is away
-    /// (the notification stays unacknowledged meanwhile); nil when shutting down or when the
-    /// statement fails for another reason (logged).
+    /// A push-log or registry statement for the push path: tried once even while shutting down
+    /// (an accepted push is still recorded), retried while the database is away (the
+    /// notification stays unacknowledged meanwhile) unless shutting down; nil when it gave up or
+    /// the statement failed for another reason (logged).
     private func database<T: Sendable>(
         _ what: String, _ body: @escaping @Sendable (isolated PostgresConnection) throws -> T
     ) async -> T? {
         var backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(5))
-        while !stopping.load(ordering: .relaxed) {
+        while true {
             do {
                 return try await pool.withConnection { try await body($0) }
-            } catch let error as PostgresError where error.isTransient {
+            } catch let error as PostgresError where error.isTransient && !stopping.load(ordering: .relaxed) {
                 let delay = backoff.next()
                 logger.warning("\(what) failed; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
                 try? await Task.sleep(for: delay)
@@ -363,7 +364,6 @@ public final class PushNotifierService: ComposedService, Sendable {
                 return nil
             }
         }
-        return nil
     }
 
     /// The push log only has to outlive redeliveries: rows older than a day go, every 10 minutes.
