@@ -143,6 +143,13 @@ public final class AMQPConnection: Sendable {
         try await perform { .unbind(binding, $0) }
     }
 
+    /// Declares every remembered topology and binds every held binding again, as after a
+    /// reconnect: for a queue deleted under a live connection (an operator's
+    /// `rabbitmqctl delete_queue`), before consuming from it again.
+    public func restoreTopology() async throws {
+        try await perform { .restoreTopology($0) }
+    }
+
     /// Deletes a queue (for tests and tools); returns how many messages it held.
     @discardableResult
     public func deleteQueue(_ name: String) async throws -> UInt32 {
@@ -272,5 +279,6 @@ enum ConnectionCommand: Sendable {
     case cancelConsumer(id: Int)
     case settle(generation: UInt64, channel: UInt16, deliveryTag: UInt64, Settlement.Kind)
     case whenConnected(CheckedContinuation<Void, any Error>)
+    case restoreTopology(CheckedContinuation<Void, any Error>)
     case shutdown
 }

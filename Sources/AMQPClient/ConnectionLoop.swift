@@ -7,10 +7,13 @@ import Logging
 /// Owns one `amqp_connection_state_t` and runs on the connection's thread only. It sleeps in
 /// `poll` on the socket and the inbox's eventfd, so a command or a frame wakes it at once, and
 /// never longer than `pollInterval` so that heartbeats go out and a silent peer is noticed.
+///
+/// What to do is decided by `ConnectionState`; this class makes the C calls the actions ask
+/// for and reports what happened (frames, replies, failures) back to it.
 final class ConnectionLoop {
-    private static let publishChannel: UInt16 = 1
-    private static let declareChannel: UInt16 = 2
-    private static let firstConsumerChannel: UInt16 = 3
+    typealias State = ConnectionState<CheckedContinuation<Void, any Error>, DeliveryBuffer, ConnectionCommand>
+    private static let publishChannel = State.publishChannel
+    private static let declareChannel = State.declareChannel
 
     private let configuration: AMQPConfiguration
     private let logger: Logger
@@ -21,40 +24,20 @@ final class ConnectionLoop {
     private let arena = CArena()
 
     private var connection: amqp_connection_state_t?
-    private var generation: UInt64 = 0
-    private var backoff: Backoff
-    private var retryAt: ContinuousClock.Instant
-    private var everConnected = false
-    private var shuttingDown = false
-
-    // Publishing (channel 1, confirm mode).
-    private var publishing: PublisherState<CheckedContinuation<Void, any Error>>
-
-    // Declarations and other requests that wait for a connection.
-    private var remembered: [AMQPTopology] = []
-    /// Bindings held by `bind` calls, with how many holds each has: bound while at least one
-    /// hold remains, and bound again after every reconnect.
-    private var bindingHolds: [AMQPBinding: Int] = [:]
-    private var waitingRequests: [WaitingRequest] = []
-
-    // Consumers.
-    private var consumers: [Int: ConsumerRecord] = [:]
-    private var consumerByChannel: [UInt16: Int] = [:]
-    private var nextChannel = ConnectionLoop.firstConsumerChannel
+    private var state: State
+    /// Content frames being assembled, per channel.
     private var incoming: [UInt16: IncomingContent] = [:]
-    /// Which delivery tags are settled, per open consumer channel (a cancelled consumer's
-    /// channel stays open so that its deliveries can still be settled).
-    private var settlements: [UInt16: SettledTags] = [:]
-    private var pendingAcks: [UInt16: [UInt64]] = [:]
+    /// Why the last consumer could not be started, for its caller.
+    private var consumerFailure: AMQPError?
 
     init(configuration: AMQPConfiguration, logger: Logger, inbox: Inbox<ConnectionCommand>, status: ConnectionStatus) {
         self.configuration = configuration
         self.logger = logger
         self.inbox = inbox
         self.status = status
-        self.backoff = configuration.reconnectBackoff
-        self.publishing = PublisherState(window: configuration.confirmWindow)
-        self.retryAt = clock.now
+        self.state = State(
+            confirmWindow: configuration.confirmWindow, backoff: configuration.reconnectBackoff,
+            requestTimeout: configuration.operationTimeout, now: clock.now)
         self.pollInterval =
             min(configuration.heartbeat / 4, .seconds(1)) > .zero ? min(configuration.heartbeat / 4, .seconds(1)) : .seconds(1)
     }
@@ -65,31 +48,26 @@ final class ConnectionLoop {
         var socketReady = true
         while true {
             for command in inbox.take() { handle(command) }
-            flushAcks()
-            if shuttingDown { break }
-            if connection == nil && clock.now >= retryAt { connect() }
-            if let state = connection,
-                socketReady || amqp_frames_enqueued(state) != 0 || amqp_data_in_buffer(state) != 0
+            perform(state.flushAcks())
+            if state.stopping { break }
+            if state.shouldConnect(at: clock.now) { connect() }
+            if let connection,
+                socketReady || amqp_frames_enqueued(connection) != 0 || amqp_data_in_buffer(connection) != 0
             {
                 readFrames()
             }
-            if connection != nil {
-                sendWaitingPublishes()
-                expirePublishes()
-            } else {
-                expireWaiting()
-            }
+            sendWaitingPublishes()
+            perform(state.expire(at: clock.now, notConnected: notConnected()))
             if let connection, amqp_frames_enqueued(connection) != 0 || amqp_data_in_buffer(connection) != 0 {
                 continue
             }
             socketReady = false
             guard inbox.prepareToSleep() else { continue }
             var descriptors = [inbox.wakeup.fileDescriptor]
-            let timeout: Duration
+            var timeout = pollInterval
             if let connection {
                 descriptors.append(amqp_get_sockfd(connection))
-                timeout = pollInterval
-            } else {
+            } else if let retryAt = state.retryAt {
                 timeout = min(max(.zero, retryAt - clock.now), pollInterval)
             }
             let ready = waitReadable(descriptors, timeout: timeout)
@@ -104,53 +82,123 @@ final class ConnectionLoop {
     private func handle(_ command: ConnectionCommand) {
         switch command {
         case .publish(let message, let timeout, let continuation):
-            publishing.enqueue(message, continuation, deadline: clock.now + (timeout ?? configuration.publishTimeout))
+            state.publish(message, continuation, deadline: clock.now + (timeout ?? configuration.publishTimeout))
         case .unbind(let binding, let continuation):
             do {
-                try release(binding)
+                if state.release(binding) { try unbind(binding) }
                 continuation.resume()
             } catch { continuation.resume(throwing: error) }
-        case .declare, .bind, .deleteQueue, .purgeQueue, .consume, .whenConnected:
-            let request = WaitingRequest(command: command, deadline: clock.now + configuration.operationTimeout)
-            if connection != nil { perform(request) } else { waitingRequests.append(request) }
-        case .cancelConsumer(let id):
-            cancelConsumer(id)
-        case .settle(let generation, let channel, let tag, let kind):
-            // A delivery from an earlier connection is already back in its queue, and one from
-            // a channel the broker closed can no longer be settled.
-            guard connection != nil, generation == self.generation, settlements[channel] != nil else { return }
-            if case .ack(multiple: false) = kind {
-                pendingAcks[channel, default: []].append(tag)
-            } else if settlements[channel]!.contains(tag) {
-                logger.warning("AMQP delivery settled twice; ignored", metadata: ["delivery_tag": "\(tag)"])
+        case .consume(let spec, let stream, let continuation):
+            guard state.isConnected else { return perform(state.request(command, at: clock.now)) }
+            perform(state.addConsumer(spec, stream))
+            if state.consumers[spec.id] != nil {
+                continuation.resume()
             } else {
-                flushAcks()
-                settle(channel: channel, tag: tag, kind: kind)
+                continuation.resume(
+                    throwing: consumerFailure ?? AMQPError(.connectionLost, "could not consume from '\(spec.queue)'"))
             }
+        case .declare, .bind, .deleteQueue, .purgeQueue, .whenConnected, .restoreTopology:
+            perform(state.request(command, at: clock.now))
+        case .cancelConsumer(let id):
+            perform(state.cancelConsumer(id))
+        case .settle(let generation, let channel, let tag, let kind):
+            perform(state.settle(generation: generation, channel: channel, tag: tag, kind: kind))
         case .shutdown:
-            shuttingDown = true
+            state.beginShutdown()
         }
+    }
+
+    // MARK: - Actions
+
+    /// Performs actions in order. A failure that drops the connection ends the list: what
+    /// remains belonged to the connection that is gone.
+    private func perform(_ actions: [State.Action]) {
+        let generation = state.generation
+        for action in actions {
+            // Actions on a connection that was lost meanwhile are moot: the next setup redoes
+            // what matters.
+            if action.usesConnection && (connection == nil || state.generation != generation) { continue }
+            perform(action)
+        }
+        mirrorStatus()
+    }
+
+    private func perform(_ action: State.Action) {
+        switch action {
+        case .resolve(let outcomes):
+            for (continuation, outcome) in outcomes {
+                switch outcome {
+                case .confirmed: continuation.resume()
+                case .failed(let error): continuation.resume(throwing: error)
+                }
+            }
+        case .openPublishChannel:
+            do { try openPublishChannel() } catch { lose(error) }
+        case .openChannel(let channel):
+            do { try openChannel(channel) } catch { lose(error) }
+        case .declare(let topology):
+            do { try declare(topology) } catch { lose(error) }
+        case .bind(let binding):
+            do { try bind(binding) } catch { lose(error) }
+        case .startConsumer(let id, let spec, let channel):
+            do {
+                let tag = try startConsumer(spec, on: channel)
+                state.consumerStarted(id, channel: channel, tag: tag)
+            } catch {
+                // While setting up, any failure drops the connection (tried again with it);
+                // on a live connection only this consumer fails.
+                consumerFailure = error
+                if state.isSettingUp { lose(error) } else { perform(state.consumerFailed(id, error)) }
+            }
+        case .cancelConsumer(let channel, let tag):
+            arena.reset()
+            amqp_basic_cancel(connection, channel, arena.bytes(tag))
+            try? checkReply(channel: channel)
+        case .finish(let stream, let error):
+            stream.finish(throwing: error)
+        case .settle(let channel, let tag, let kind):
+            settle(channel: channel, tag: tag, kind: kind)
+        case .perform(let request):
+            perform(request)
+        case .fail(let request, let error):
+            WaitingRequest(command: request).fail(error)
+        case .log(let level, let message):
+            logger.log(level: level, "\(message)", metadata: ["url": "\(configuration.url)"])
+        case .connected(let reconnected):
+            configuration.onConnected?(reconnected)
+        }
+    }
+
+    /// The status other threads read: connected, blocked, the generation of deliveries.
+    private func mirrorStatus() {
+        status.generation.store(state.generation, ordering: .relaxed)
+        status.connected.store(state.isConnected, ordering: .relaxed)
+        status.blocked.store(state.isBlocked, ordering: .relaxed)
+        status.reconnects.store(state.reconnects, ordering: .relaxed)
     }
 
     // MARK: - Connecting
 
     private func connect() {
         let url = configuration.url
-        guard let state = amqp_new_connection() else { return scheduleRetry(AMQPError(.library, "out of memory")) }
-        guard let socket = amqp_tcp_socket_new(state) else {
-            amqp_destroy_connection(state)
-            return scheduleRetry(AMQPError(.library, "could not create a socket"))
+        guard let handle = amqp_new_connection() else {
+            return perform(state.connectFailed(AMQPError(.library, "out of memory"), at: clock.now))
+        }
+        guard let socket = amqp_tcp_socket_new(handle) else {
+            amqp_destroy_connection(handle)
+            return perform(state.connectFailed(AMQPError(.library, "could not create a socket"), at: clock.now))
         }
         var connectTimeout = timeval(configuration.connectTimeout)
         let opened = amqp_socket_open_noblock(socket, url.host, Int32(url.port), &connectTimeout)
         guard opened == AMQP_STATUS_OK.rawValue else {
-            amqp_destroy_connection(state)
-            return scheduleRetry(AMQPError(.connectionFailed, "cannot reach \(url): \(errorText(opened))"))
+            amqp_destroy_connection(handle)
+            return perform(
+                state.connectFailed(AMQPError(.connectionFailed, "cannot reach \(url): \(errorText(opened))"), at: clock.now))
         }
         var handshakeTimeout = timeval(configuration.connectTimeout)
         var rpcTimeout = timeval(configuration.rpcTimeout)
-        amqp_set_handshake_timeout(state, &handshakeTimeout)
-        amqp_set_rpc_timeout(state, &rpcTimeout)
+        amqp_set_handshake_timeout(handle, &handshakeTimeout)
+        amqp_set_rpc_timeout(handle, &rpcTimeout)
 
         arena.reset()
         // Capabilities let the broker tell us of cancelled consumers and of flow control.
@@ -163,43 +211,16 @@ final class ConnectionLoop {
             "capabilities": .table(capabilities),
         ])
         let heartbeat = Int32(configuration.heartbeat.components.seconds)
-        let login = ringing_amqp_login_plain(state, url.virtualHost, 0, 131_072, heartbeat, &properties, url.user, url.password)
-        if let error = replyError(login, channel: 0, state: state) {
-            amqp_destroy_connection(state)
-            return scheduleRetry(AMQPError(.connectionFailed, "login to \(url) failed: \(error.message)"))
+        let login = ringing_amqp_login_plain(handle, url.virtualHost, 0, 131_072, heartbeat, &properties, url.user, url.password)
+        if let error = replyError(login, channel: 0, state: handle) {
+            amqp_destroy_connection(handle)
+            return perform(
+                state.connectFailed(AMQPError(.connectionFailed, "login to \(url) failed: \(error.message)"), at: clock.now))
         }
-        connection = state
-        do {
-            try openPublishChannel()
-            try openChannel(Self.declareChannel)
-            for topology in remembered { try declare(topology) }
-            for binding in bindingHolds.keys { try bind(binding) }
-            for id in consumers.keys.sorted() { try startConsumer(id) }
-        } catch {
-            dropConnection(error, destroy: true)
-            return
-        }
-        generation += 1
-        status.generation.store(generation, ordering: .relaxed)
-        status.connected.store(true, ordering: .relaxed)
-        if everConnected {
-            status.reconnects.add(1, ordering: .relaxed)
-            logger.notice("AMQP connection re-established", metadata: ["url": "\(url)"])
-        } else {
-            logger.info("AMQP connected", metadata: ["url": "\(url)"])
-        }
-        everConnected = true
-        backoff.reset()
-        let requests = waitingRequests
-        waitingRequests.removeAll()
-        for request in requests { perform(request) }
-        configuration.onConnected?(status.reconnects.load(ordering: .relaxed) > 0)
-    }
-
-    private func scheduleRetry(_ error: AMQPError) {
-        let delay = backoff.next()
-        retryAt = clock.now + delay
-        logger.warning("AMQP connect failed; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+        connection = handle
+        perform(state.loggedIn())
+        guard connection != nil else { return }  // the setup failed and dropped it
+        perform(state.setUpFinished())
     }
 
     private func openChannel(_ channel: UInt16) throws(AMQPError) {
@@ -212,51 +233,38 @@ final class ConnectionLoop {
         try openChannel(Self.publishChannel)
         amqp_confirm_select(connection, Self.publishChannel)
         try checkReply(channel: Self.publishChannel)
-        resolve(
-            publishing.channelOpened(
-                failing: AMQPError(.channelClosed, "the publishing channel was opened again"), connectionIsNew: false))
+        perform(state.publishChannelOpened(failing: AMQPError(.channelClosed, "the publishing channel was opened again")))
     }
 
-    /// Forgets the connection: in-flight publishes fail (their outcome is unknown), consumers
-    /// wait to be resumed on the next connection, and a reconnect is scheduled.
-    private func dropConnection(_ error: AMQPError, destroy: Bool) {
-        guard let state = connection else { return }
+    /// Drops the connection after `error` (see `ConnectionState.connectionLost`).
+    private func lose(_ error: AMQPError) {
+        guard let handle = connection else { return }
         connection = nil
-        // Deliveries from this connection are stale from now on, not only after a reconnect.
-        generation += 1
-        status.generation.store(generation, ordering: .relaxed)
-        status.connected.store(false, ordering: .relaxed)
-        status.blocked.store(false, ordering: .relaxed)
-        if destroy { amqp_destroy_connection(state) }
-        resolve(
-            publishing.connectionLost(AMQPError(.connectionLost, "connection lost before the broker confirmed: \(error.message)"))
-        )
+        amqp_destroy_connection(handle)
         incoming.removeAll()
-        consumerByChannel.removeAll()
-        settlements.removeAll()
-        pendingAcks.removeAll()
-        nextChannel = Self.firstConsumerChannel
-        if !shuttingDown {
-            let delay = backoff.next()
-            retryAt = clock.now + delay
-            logger.warning("AMQP connection lost; reconnecting", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
-        }
+        perform(state.connectionLost(error, at: clock.now))
     }
 
     // MARK: - Requests
 
-    private func perform(_ request: WaitingRequest) {
-        switch request.command {
+    private func perform(_ request: ConnectionCommand) {
+        // An earlier request of the same batch lost the connection: this one waits for the next.
+        guard connection != nil else { return perform(state.request(request, at: clock.now)) }
+        switch request {
         case .declare(let topology, let remember, let continuation):
             do {
                 try declare(topology)
-                if remember { remembered.append(topology) }
+                if remember { state.remember(topology) }
                 continuation.resume()
             } catch { continuation.resume(throwing: error) }
         case .bind(let binding, let continuation):
             do {
-                if bindingHolds[binding] == nil { try bind(binding) }
-                bindingHolds[binding, default: 0] += 1
+                if state.hold(binding) {
+                    do { try bind(binding) } catch {
+                        state.holdFailed(binding)
+                        throw error
+                    }
+                }
                 continuation.resume()
             } catch { continuation.resume(throwing: error) }
         case .deleteQueue(let name, let continuation):
@@ -271,18 +279,16 @@ final class ConnectionLoop {
                 try checkReply(channel: Self.declareChannel)
                 continuation.resume(returning: ok?.pointee.message_count ?? 0)
             } catch { continuation.resume(throwing: error) }
-        case .consume(let spec, let stream, let continuation):
-            consumers[spec.id] = ConsumerRecord(spec: spec, stream: stream)
-            do {
-                try startConsumer(spec.id)
-                continuation.resume()
-            } catch {
-                consumers[spec.id] = nil
-                stream.finish(throwing: error)
-                continuation.resume(throwing: error)
-            }
+        case .consume:
+            handle(request)
         case .whenConnected(let continuation):
             continuation.resume()
+        case .restoreTopology(let continuation):
+            do {
+                for topology in state.remembered { try declare(topology) }
+                for binding in state.bindingHolds.keys { try bind(binding) }
+                continuation.resume()
+            } catch { continuation.resume(throwing: error) }
         case .publish, .unbind, .cancelConsumer, .settle, .shutdown:
             preconditionFailure("not a waiting request")
         }
@@ -315,32 +321,12 @@ final class ConnectionLoop {
         try checkReply(channel: Self.declareChannel, context: "binding queue '\(binding.queue)' to '\(binding.exchange)'")
     }
 
-    /// Drops one hold on a binding; the last hold removes it from the broker.
-    private func release(_ binding: AMQPBinding) throws(AMQPError) {
-        guard let holds = bindingHolds[binding] else { return }
-        if holds > 1 {
-            bindingHolds[binding] = holds - 1
-            return
-        }
-        bindingHolds[binding] = nil
-        // Not connected: the binding went with the connection's queue or is re-declared
-        // from bindingHolds only, so forgetting it is all there is to do.
-        guard connection != nil else { return }
+    private func unbind(_ binding: AMQPBinding) throws(AMQPError) {
         arena.reset()
         amqp_queue_unbind(
             connection, Self.declareChannel, arena.bytes(binding.queue), arena.bytes(binding.exchange),
             arena.bytes(binding.routingKey), arena.table(binding.arguments))
         try checkReply(channel: Self.declareChannel, context: "unbinding queue '\(binding.queue)' from '\(binding.exchange)'")
-    }
-
-    private func expireWaiting() {
-        let now = clock.now
-        resolve(publishing.expire(at: now, notConnected: notConnected()))
-        waitingRequests.removeAll { request in
-            guard request.deadline <= now else { return false }
-            request.fail(notConnected())
-            return true
-        }
     }
 
     private func notConnected() -> AMQPError {
@@ -349,23 +335,8 @@ final class ConnectionLoop {
 
     // MARK: - Publishing
 
-    /// Fails the publishes whose deadline passed (see `PublisherState.expire`).
-    private func expirePublishes() {
-        resolve(publishing.expire(at: clock.now, notConnected: nil))
-    }
-
-    /// Resumes the callers of settled publishes.
-    private func resolve(_ outcomes: [(CheckedContinuation<Void, any Error>, PublishOutcome)]) {
-        for (continuation, outcome) in outcomes {
-            switch outcome {
-            case .confirmed: continuation.resume()
-            case .failed(let error): continuation.resume(throwing: error)
-            }
-        }
-    }
-
     private func sendWaitingPublishes() {
-        while let state = connection, let publish = publishing.nextToWrite() {
+        while let handle = connection, let publish = state.nextToWrite() {
             let message = publish.message
             arena.reset()
             var properties = arena.properties(message.properties)
@@ -373,51 +344,32 @@ final class ConnectionLoop {
             let routingKey = arena.bytes(message.routingKey)
             let result = message.body.withUnsafeBytes { body in
                 amqp_basic_publish(
-                    state, Self.publishChannel, exchange, routingKey, message.mandatory ? 1 : 0, 0, &properties,
+                    handle, Self.publishChannel, exchange, routingKey, message.mandatory ? 1 : 0, 0, &properties,
                     amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress)))
             }
             if result != AMQP_STATUS_OK.rawValue {
-                dropConnection(AMQPError(.connectionLost, "publish failed: \(errorText(result))"), destroy: true)
+                lose(AMQPError(.connectionLost, "publish failed: \(errorText(result))"))
             }
         }
     }
 
     // MARK: - Consuming
 
-    private func startConsumer(_ id: Int) throws(AMQPError) {
-        guard let record = consumers[id], let connection else { return }
-        let channel: UInt16
-        if record.spec.onPublishChannel {
-            channel = Self.publishChannel
-        } else {
-            channel = nextChannel
-            nextChannel += 1
-            try openChannel(channel)
-        }
-        if !record.spec.noAck {
-            amqp_basic_qos(connection, channel, 0, record.spec.prefetch, 0)
-            try checkReply(channel: channel, context: "setting prefetch on '\(record.spec.queue)'")
+    /// `basic.qos` and `basic.consume` on `channel` (opened first unless it is the publishing
+    /// channel); returns the consumer tag.
+    private func startConsumer(_ spec: ConsumerSpec, on channel: UInt16) throws(AMQPError) -> String {
+        guard let connection else { throw AMQPError(.connectionLost, "not connected") }
+        if channel != Self.publishChannel { try openChannel(channel) }
+        if !spec.noAck {
+            amqp_basic_qos(connection, channel, 0, spec.prefetch, 0)
+            try checkReply(channel: channel, context: "setting prefetch on '\(spec.queue)'")
         }
         arena.reset()
         let ok = amqp_basic_consume(
-            connection, channel, arena.bytes(record.spec.queue), amqp_empty_bytes, 0,
-            record.spec.noAck ? 1 : 0, record.spec.exclusive ? 1 : 0, arena.table(record.spec.arguments))
-        try checkReply(channel: channel, context: "consuming from '\(record.spec.queue)'")
-        consumers[id]?.channel = channel
-        consumers[id]?.tag = ok.map { String(amqp: $0.pointee.consumer_tag) } ?? ""
-        consumerByChannel[channel] = id
-        settlements[channel] = SettledTags()
-    }
-
-    private func cancelConsumer(_ id: Int) {
-        guard let record = consumers.removeValue(forKey: id) else { return }
-        if let channel = record.channel, connection != nil {
-            consumerByChannel[channel] = nil
-            arena.reset()
-            amqp_basic_cancel(connection, channel, arena.bytes(record.tag))
-            try? checkReply(channel: channel)
-        }
-        record.stream.finish()
+            connection, channel, arena.bytes(spec.queue), amqp_empty_bytes, 0, spec.noAck ? 1 : 0, spec.exclusive ? 1 : 0,
+            arena.table(spec.arguments))
+        try checkReply(channel: channel, context: "consuming from '\(spec.queue)'")
+        return ok.map { String(amqp: $0.pointee.consumer_tag) } ?? ""
     }
 
     private func settle(channel: UInt16, tag: UInt64, kind: Settlement.Kind) {
@@ -428,38 +380,18 @@ final class ConnectionLoop {
         case .nack(let requeue): result = amqp_basic_nack(connection, channel, tag, 0, requeue ? 1 : 0)
         case .reject(let requeue): result = amqp_basic_reject(connection, channel, tag, requeue ? 1 : 0)
         }
-        if case .ack(multiple: true) = kind {
-            settlements[channel]?.settle(upTo: tag)
-        } else {
-            settlements[channel]?.settle(tag)
-        }
         if result != AMQP_STATUS_OK.rawValue {
-            dropConnection(AMQPError(.connectionLost, "settling a delivery failed: \(errorText(result))"), destroy: true)
-        }
-    }
-
-    /// Sends the acks gathered from one batch of commands: the run that continues the settled
-    /// prefix of a channel as one `multiple` ack, the rest one by one. A busy consumer thus
-    /// costs one write per batch instead of one per message.
-    private func flushAcks() {
-        guard !pendingAcks.isEmpty else { return }
-        let batches = pendingAcks
-        pendingAcks.removeAll(keepingCapacity: true)
-        for (channel, tags) in batches {
-            guard let settled = settlements[channel] else { continue }
-            // A tag settled twice would make the broker close the channel: drop repeats.
-            let plan = settled.plan(acking: Set(tags).filter { !settled.contains($0) }.sorted())
-            if let upTo = plan.multiple { settle(channel: channel, tag: upTo, kind: .ack(multiple: true)) }
-            for tag in plan.single { settle(channel: channel, tag: tag, kind: .ack(multiple: false)) }
+            lose(AMQPError(.connectionLost, "settling a delivery failed: \(errorText(result))"))
         }
     }
 
     private func deliver(_ content: IncomingContent, channel: UInt16) {
         guard case .delivery(let tag, let redelivered, let exchange, let routingKey, let consumerTag) = content.kind,
-            let id = consumerByChannel[channel], let record = consumers[id]
+            let stream = state.consumer(on: channel)
         else { return }
-        let settlement = Settlement(inbox: inbox, status: status, generation: generation, channel: channel, deliveryTag: tag)
-        record.stream.yield(
+        let settlement = Settlement(
+            inbox: inbox, status: status, generation: state.generation, channel: channel, deliveryTag: tag)
+        stream.yield(
             AMQPDelivery(
                 body: content.body, properties: content.properties, exchange: exchange, routingKey: routingKey,
                 deliveryTag: tag, redelivered: redelivered, consumerTag: consumerTag, settlement: settlement))
@@ -479,7 +411,7 @@ final class ConnectionLoop {
             let result = amqp_simple_wait_frame_noblock(state, &frame, &zero)
             if result == AMQP_STATUS_TIMEOUT.rawValue { break }
             guard result == AMQP_STATUS_OK.rawValue else {
-                dropConnection(AMQPError(.connectionLost, errorText(result)), destroy: true)
+                lose(AMQPError(.connectionLost, errorText(result)))
                 return
             }
             handle(frame)
@@ -519,7 +451,7 @@ final class ConnectionLoop {
         case .delivery: deliver(content, channel: channel)
         case .returned(let replyText, let exchange, let routingKey):
             // A return comes before the confirm of the same message.
-            publishing.returned(
+            state.returned(
                 exchange: exchange, routingKey: routingKey, messageID: content.properties.messageID, replyText: replyText)
         }
     }
@@ -541,17 +473,13 @@ final class ConnectionLoop {
                     routingKey: String(amqp: r.routing_key)))
         case ringing_basic_ack where channel == Self.publishChannel:
             let a = decoded!.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
-            resolve(publishing.confirmed(a.delivery_tag, multiple: a.multiple != 0, ack: true))
+            perform(state.confirmed(a.delivery_tag, multiple: a.multiple != 0, ack: true))
         case ringing_basic_nack where channel == Self.publishChannel:
             let n = decoded!.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
-            resolve(publishing.confirmed(n.delivery_tag, multiple: n.multiple != 0, ack: false))
+            perform(state.confirmed(n.delivery_tag, multiple: n.multiple != 0, ack: false))
         case ringing_basic_cancel:
             // The broker cancelled a consumer (its queue was deleted): end its sequence.
-            if let id = consumerByChannel.removeValue(forKey: channel), let record = consumers.removeValue(forKey: id) {
-                logger.warning("AMQP consumer cancelled by the broker", metadata: ["queue": "\(record.spec.queue)"])
-                record.stream.finish(
-                    throwing: AMQPError(.consumerCancelled, "the broker cancelled the consumer of '\(record.spec.queue)'"))
-            }
+            perform(state.brokerCancelled(channel: channel))
         case ringing_channel_close:
             let c = decoded!.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
             let error = AMQPError(.channelClosed, String(amqp: c.reply_text), replyCode: c.reply_code)
@@ -560,17 +488,11 @@ final class ConnectionLoop {
             let c = decoded!.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
             var ok = amqp_connection_close_ok_t(dummy: 0)
             if let connection { amqp_send_method(connection, 0, ringing_connection_close_ok, &ok) }
-            dropConnection(
-                AMQPError(.connectionLost, "broker closed the connection: \(c.reply_code) \(String(amqp: c.reply_text))"),
-                destroy: true)
+            lose(AMQPError(.connectionLost, "broker closed the connection: \(c.reply_code) \(String(amqp: c.reply_text))"))
         case ringing_connection_blocked:
-            logger.warning("AMQP connection blocked by the broker (resource alarm): publishes wait, up to their deadlines")
-            publishing.setBlocked(true)
-            status.blocked.store(true, ordering: .relaxed)
+            perform(state.setBlocked(true))
         case ringing_connection_unblocked:
-            logger.notice("AMQP connection unblocked")
-            publishing.setBlocked(false)
-            status.blocked.store(false, ordering: .relaxed)
+            perform(state.setBlocked(false))
         default:
             break
         }
@@ -581,28 +503,7 @@ final class ConnectionLoop {
         var ok = amqp_channel_close_ok_t(dummy: 0)
         if let connection { amqp_send_method(connection, channel, ringing_channel_close_ok, &ok) }
         incoming[channel] = nil
-        settlements[channel] = nil
-        pendingAcks[channel] = nil
-        logger.warning("AMQP channel closed by the broker", metadata: ["channel": "\(channel)", "error": "\(error)"])
-        do {
-            if channel == Self.publishChannel {
-                resolve(publishing.channelOpened(failing: error, connectionIsNew: false))
-                try openPublishChannel()
-                // Consumers on the publishing channel (direct reply-to) start again with it.
-                for (id, record) in consumers where record.spec.onPublishChannel { try startConsumer(id) }
-            } else if channel == Self.declareChannel {
-                try openChannel(channel)
-            } else if let id = consumerByChannel.removeValue(forKey: channel), let record = consumers[id] {
-                do {
-                    try startConsumer(id)
-                } catch {
-                    consumers[id] = nil
-                    record.stream.finish(throwing: error)
-                }
-            }
-        } catch {
-            dropConnection(error, destroy: true)
-        }
+        perform(state.channelClosed(channel, error))
     }
 
     // MARK: - Replies and errors
@@ -614,14 +515,10 @@ final class ConnectionLoop {
         guard let state = connection else { throw AMQPError(.connectionLost, "not connected") }
         guard var error = replyError(amqp_get_rpc_reply(state), channel: channel, state: state) else { return }
         if let context { error.message = "\(context): \(error.message)" }
-        if error.code == .channelClosed {
-            if channel == Self.declareChannel || channel >= Self.firstConsumerChannel {
-                do { try openChannel(channel) } catch { dropConnection(error, destroy: true) }
-            } else {
-                dropConnection(error, destroy: true)
-            }
+        if State.reopensChannel(after: error, on: channel) {
+            do { try openChannel(channel) } catch { lose(error) }
         } else {
-            dropConnection(error, destroy: true)
+            lose(error)
         }
         throw error
     }
@@ -662,39 +559,44 @@ final class ConnectionLoop {
     private func shutDown() {
         // Give outstanding confirms a moment, so a graceful stop loses nothing it could keep.
         let deadline = clock.now + .seconds(5)
-        while connection != nil, !publishing.isIdle, clock.now < deadline {
+        while connection != nil, state.isConnected, !state.publishing.isIdle, clock.now < deadline {
             sendWaitingPublishes()
             readFrames()
-            if connection != nil, !publishing.unconfirmed.isEmpty {
-                _ = waitReadable([amqp_get_sockfd(connection!)], timeout: .milliseconds(50))
+            if let connection, !state.publishing.unconfirmed.isEmpty {
+                _ = waitReadable([amqp_get_sockfd(connection)], timeout: .milliseconds(50))
             }
         }
         let closed = AMQPError(.shutdown, "the connection has been shut down")
-        if let state = connection {
-            amqp_connection_close(state, AMQP_REPLY_SUCCESS)
-            dropConnection(closed, destroy: true)
+        if let handle = connection {
+            amqp_connection_close(handle, AMQP_REPLY_SUCCESS)
+            lose(closed)
         }
-        resolve(publishing.shutDown(closed))
-        for request in waitingRequests { request.fail(closed) }
-        waitingRequests.removeAll()
-        for record in consumers.values { record.stream.finish() }
-        consumers.removeAll()
-        for command in inbox.close() {
-            WaitingRequest(command: command, deadline: clock.now).fail(closed)
-        }
+        perform(state.finishShutdown(closed))
+        for command in inbox.close() { WaitingRequest(command: command).fail(closed) }
         logger.debug("AMQP connection shut down")
     }
 }
 
 // MARK: - Bookkeeping types
 
+extension ConnectionAction {
+    /// Whether the action makes calls on the connection (moot once it is lost).
+    var usesConnection: Bool {
+        switch self {
+        case .openPublishChannel, .openChannel, .declare, .bind, .startConsumer, .cancelConsumer, .settle: true
+        case .resolve, .finish, .perform, .fail, .log, .connected: false
+        }
+    }
+}
+
+/// A command whose caller waits for an answer, failed without being carried out.
 struct WaitingRequest {
     let command: ConnectionCommand
-    let deadline: ContinuousClock.Instant
 
     func fail(_ error: AMQPError) {
         switch command {
-        case .publish(_, _, let c), .declare(_, _, let c), .whenConnected(let c), .bind(_, let c), .unbind(_, let c):
+        case .publish(_, _, let c), .declare(_, _, let c), .whenConnected(let c), .bind(_, let c), .unbind(_, let c),
+            .restoreTopology(let c):
             c.resume(throwing: error)
         case .deleteQueue(_, let c), .purgeQueue(_, let c): c.resume(throwing: error)
         case .consume(_, let stream, let c):
@@ -703,13 +605,6 @@ struct WaitingRequest {
         case .cancelConsumer, .settle, .shutdown: break
         }
     }
-}
-
-struct ConsumerRecord {
-    let spec: ConsumerSpec
-    let stream: DeliveryBuffer
-    var channel: UInt16?
-    var tag = ""
 }
 
 struct IncomingContent {
