@@ -21,6 +21,8 @@ public final class DeviceGatewayService: ComposedService, Sendable {
     let feed: AMQPConnection
     public let hub: GatewayHub
     let forwarder: CommandForwarder
+    /// The one consumer of this instance's queue, subscribed again if the broker cancels it.
+    let notifications: QueueWorkers
     private let reconnects: AsyncStream<Void>
     private let boundPort = Handoff<Int>()
     private let ready = Atomic<Bool>(false)
@@ -39,6 +41,8 @@ public final class DeviceGatewayService: ComposedService, Sendable {
             if reconnected { continuation.yield() }
         }
         feed = AMQPConnection(configuration: feedConfiguration, logger: logger)
+        notifications = QueueWorkers(
+            connection: feed, queue: configuration.queueName, count: 1, prefetch: 1000, exclusive: true, logger: logger)
         forwarder = CommandForwarder(connection: publisher, replyTimeout: configuration.replyTimeout, logger: logger)
         hub = GatewayHub(
             configuration: configuration, forwarder: forwarder, feed: feed,
@@ -70,24 +74,56 @@ public final class DeviceGatewayService: ComposedService, Sendable {
         // connection, and comes back (with the held bindings) after a reconnect.
         try await feed.declare(
             AMQPTopology(queues: [AMQPQueue(configuration.queueName, durable: false, exclusive: true, autoDelete: true)]))
-        let notifications = try await feed.consume(queue: configuration.queueName, prefetch: 1000, exclusive: true)
-        await withTaskGroup(of: Void.self) { work in
-            work.addTask { await self.logFailure("replies") { try await self.forwarder.run() } }
-            work.addTask { await self.logFailure("notifications") { try await self.deliver(notifications) } }
+        try await notifications.subscribeAll()
+        // Each task says whether it was the graceful stop; a notification consumer that could
+        // not subscribe again throws, and the gateway stops with it (exiting non-zero).
+        try await withThrowingTaskGroup(of: Bool.self) { work in
+            work.addTask {
+                await self.logFailure("replies") { try await self.forwarder.run() }
+                return false
+            }
+            // A cancelled consumer (the queue deleted by an operator, say) comes back with the
+            // queue and every socket's binding; what was routed meanwhile is lost, so every
+            // socket gets a fresh snapshot.
+            work.addTask {
+                try await self.notifications.run(
+                    batchSize: 100,
+                    recover: {
+                        try await self.feed.restoreTopology()
+                        await self.hub.resnapshotAll()
+                    },
+                    handle: { batch, _ in for delivery in batch { self.deliver(delivery) } })
+                return false
+            }
             work.addTask {
                 for await _ in self.reconnects { await self.hub.resnapshotAll() }
+                return false
             }
-            work.addTask { await self.hub.sendHeartbeats() }
-            work.addTask { await self.logFailure("listener") { try await self.application().run() } }
-            guard let port = await boundPort.wait() else { return }
+            work.addTask {
+                await self.hub.sendHeartbeats()
+                return false
+            }
+            work.addTask {
+                await self.logFailure("listener") { try await self.application().run() }
+                return false
+            }
+            guard let port = await boundPort.wait() else {
+                work.cancelAll()
+                return
+            }
             ready.store(true, ordering: .relaxed)
             logger.info(
                 "device-gateway ready",
                 metadata: ["address": "\(configuration.host):\(port)", "instance": "\(configuration.instanceName)"])
-            try? await gracefulShutdown()
-            logger.info("device-gateway stopping: closing every socket with 1001 so that devices reconnect elsewhere")
-            await hub.closeAll(code: CloseCode.goingAway, reason: "the gateway is shutting down; reconnect", within: .seconds(5))
-            notifications.cancel()
+            work.addTask {
+                try? await gracefulShutdown()
+                self.logger.info("device-gateway stopping: closing every socket with 1001 so that devices reconnect elsewhere")
+                await self.hub.closeAll(
+                    code: CloseCode.goingAway, reason: "the gateway is shutting down; reconnect", within: .seconds(5))
+                self.notifications.stop()
+                return true
+            }
+            while let stopped = try await work.next(), !stopped {}
             work.cancelAll()
         }
     }
@@ -99,11 +135,12 @@ public final class DeviceGatewayService: ComposedService, Sendable {
     }
 
     /// For /readyz: listening, both broker connections up.
-    func readiness() async -> Readiness {
+    public func readiness() async -> Readiness {
         Readiness(checks: [
             ("listener", isReady), ("broker (requests)", publisher.isConnected),
             ("broker not blocking publishes (no resource alarm)", !publisher.isBlocked),
             ("broker (notifications)", feed.isConnected),
+            ("notification consumer", notifications.liveCount == notifications.count),
         ])
     }
 
@@ -129,30 +166,28 @@ public final class DeviceGatewayService: ComposedService, Sendable {
 
     /// Hands each notification to its user's sockets. Only call-control may make a device
     /// ring: anything else on the exchange (another account's `user_id`) is dropped.
-    private func deliver(_ notifications: AMQPConsumer) async throws {
-        for try await delivery in notifications {
-            defer { delivery.ack() }
-            guard delivery.properties.userID == Topology.publisherAccount else {
-                Counter(label: "ringing_gateway_notifications_dropped_total", dimensions: [("reason", "not_call_control")])
-                    .increment()
-                logger.warning(
-                    "dropped a notification not published by call-control",
-                    metadata: ["user_id": "\(delivery.properties.userID ?? "none")", "routing_key": "\(delivery.routingKey)"])
-                continue
-            }
-            guard let (uid, name) = NotificationBody.route(delivery.routingKey),
-                let body = String(data: delivery.body, encoding: .utf8)
-            else {
-                Counter(label: "ringing_gateway_notifications_dropped_total", dimensions: [("reason", "malformed")]).increment()
-                continue
-            }
-            let header = NotificationBody.header(delivery.body)
-            hub.deliver(
-                uid: uid,
-                notification: PendingNotification(
-                    frame: ServerFrame.notification(name: name, bodyJSON: body), sessionID: header?.sessionID,
-                    sequence: header?.sequence, receivedAt: .now),
-                live: header?.isLive(for: uid))
+    private func deliver(_ delivery: AMQPDelivery) {
+        defer { delivery.ack() }
+        guard delivery.properties.userID == Topology.publisherAccount else {
+            Counter(label: "ringing_gateway_notifications_dropped_total", dimensions: [("reason", "not_call_control")])
+                .increment()
+            logger.warning(
+                "dropped a notification not published by call-control",
+                metadata: ["user_id": "\(delivery.properties.userID ?? "none")", "routing_key": "\(delivery.routingKey)"])
+            return
         }
+        guard let (uid, name) = NotificationBody.route(delivery.routingKey),
+            let body = String(data: delivery.body, encoding: .utf8)
+        else {
+            Counter(label: "ringing_gateway_notifications_dropped_total", dimensions: [("reason", "malformed")]).increment()
+            return
+        }
+        let header = NotificationBody.header(delivery.body)
+        hub.deliver(
+            uid: uid,
+            notification: PendingNotification(
+                frame: ServerFrame.notification(name: name, bodyJSON: body), sessionID: header?.sessionID,
+                sequence: header?.sequence, receivedAt: .now),
+            live: header?.isLive(for: uid))
     }
 }

@@ -14,16 +14,20 @@ public final class QueueWorkers: Sendable {
     public let count: Int
     let connection: AMQPConnection
     let prefetch: UInt16
+    let exclusive: Bool
     let logger: Logger
     private let live = Atomic<Int>(0)
     private let stopping = Atomic<Bool>(false)
     private let consumers = Mutex<[Int: AMQPConsumer]>([:])
 
-    public init(connection: AMQPConnection, queue: String, count: Int, prefetch: UInt16, logger: Logger) {
+    public init(
+        connection: AMQPConnection, queue: String, count: Int, prefetch: UInt16, exclusive: Bool = false, logger: Logger
+    ) {
         self.connection = connection
         self.queue = queue
         self.count = count
         self.prefetch = prefetch
+        self.exclusive = exclusive
         self.logger = logger
     }
 
@@ -56,7 +60,7 @@ public final class QueueWorkers: Sendable {
     }
 
     private func subscribe(_ worker: Int) async throws {
-        let consumer = try await connection.consume(queue: queue, prefetch: prefetch)
+        let consumer = try await connection.consume(queue: queue, prefetch: prefetch, exclusive: exclusive)
         consumers.withLock { $0[worker] = consumer }
         live.add(1, ordering: .relaxed)
     }

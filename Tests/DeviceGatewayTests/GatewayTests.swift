@@ -148,6 +148,23 @@ import Testing
 
     /// Only call-control makes a device ring: a notification published by any other account
     /// (its `user_id` says who, and the broker checks it) is dropped by the gateway.
+    /// The gateway's own queue deleted by an operator (the broker cancels its consumer): the
+    /// queue and every socket's binding come back, each socket gets a fresh snapshot (what was
+    /// routed meanwhile is lost), rings flow again and the consumer counts as live in /readyz.
+    @Test func aDeletedGatewayQueueComesBackWithItsBindingsAndAFreshSnapshot() async throws {
+        try await Gateway.run { g in
+            let alice = try await g.device("alice")
+            let bob = try await g.device("bob")
+            try StackServer.rabbitmqctl("delete_queue", g.service.configuration.queueName)
+            let fresh = try await bob.next { $0["type"] == "welcome" }
+            #expect(fresh["uid"] == .string(bob.uid))
+            let session = try await Self.initiate(alice, to: bob)
+            _ = try await bob.frame { $0["name"] == "incoming_call.received" && $0.sessionID == session }
+            let readiness = await g.service.readiness()
+            #expect(readiness.checks.contains { $0.name == "notification consumer" && $0.ok }, "\(readiness.checks)")
+        }
+    }
+
     @Test func aForgedNotificationIsDropped() async throws {
         try await Gateway.run { g in
             let alice = try await g.device("alice")
