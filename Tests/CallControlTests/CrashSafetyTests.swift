@@ -153,12 +153,29 @@ import Testing
             #expect(byIndex.count == count, "no request lost")
             let expected = Dictionary(uniqueKeysWithValues: byIndex.map { ($0.value, Plan(rawValue: $0.key % 4)!) })
             let finals = Set(CallStatus.allCases.filter(\.isTerminal).map { "call.\($0.rawValue)" }).union(["call.ended"])
-            _ = try await events.next("the final event of every call", timeout: .seconds(120)) { event in
-                guard expected[event.call.sessionID] != nil, finals.contains(event.type) else { return false }
-                return progress.finished.withLock {
-                    $0.insert(event.call.sessionID)
-                    return $0.count == count
+            do {
+                _ = try await events.next("the final event of every call", timeout: .seconds(120)) { event in
+                    guard expected[event.call.sessionID] != nil, finals.contains(event.type) else { return false }
+                    return progress.finished.withLock {
+                        $0.insert(event.call.sessionID)
+                        return $0.count == count
+                    }
                 }
+            } catch {
+                // Say which calls lack their final event, what they got and where the database has them.
+                let finished = progress.finished.withLock { $0 }
+                let missing = expected.filter { !finished.contains($0.key) }.prefix(5)
+                let pool = PostgresPool(configuration: try PostgresConfiguration(url: TestEnvironment.databaseURL), size: 1)
+                for (session, plan) in missing {
+                    let got = events.events.filter { $0.call.sessionID == session }.map { "\($0.sequence):\($0.type)" }
+                    let rows = try await pool.query(
+                        "SELECT status, sequence, (SELECT count(*) FROM outbox o WHERE o.body LIKE '%' || c.session_id::text || '%') FROM calls c WHERE session_id = \(session)"
+                    )
+                    let stored = try rows.map { try $0.decodeColumns((String, Int, Int).self) }
+                    Issue.record("\(session) (\(plan)): events \(got), stored (status, sequence, outbox) \(stored)")
+                }
+                await pool.close()
+                throw error
             }
 
             // Consumers deduplicate on event_id; after that, each call has exactly its events, in sequence.

@@ -211,6 +211,15 @@ import Testing
     }
 
     @Test(.timeLimit(.minutes(5)))
+    func underLoadTheCommandQueueDeletedAndDeclaredAgain() async throws {
+        try await Self.underLoad(
+            "queue-gone",
+            fault: { _ in
+                try await RingingTestClient.with { client in _ = try await client.amqp.deleteQueue(Topology.callControlQueue) }
+            })
+    }
+
+    @Test(.timeLimit(.minutes(5)))
     func underLoadABrokerMemoryAlarm() async throws {
         try await Self.underLoad(
             "alarm",

@@ -138,12 +138,14 @@ public final class Capture: Sendable {
     private let seen = Mutex<[WireEvent]>([])
     private let raw = Mutex<[AMQPDelivery]>([])
 
-    /// Binds a fresh auto-delete queue to `exchange` with each of `keys`.
+    /// Binds a fresh queue to `exchange` with each of `keys`. The queue outlives a lost
+    /// connection of the test client (a fault test can make the broker close it), so nothing
+    /// published meanwhile is missed; the broker deletes it after five minutes unused.
     public static func start(_ amqp: AMQPConnection, exchange: String, keys: [String]) async throws -> Capture {
         let queue = "test-capture-\(UUID().uuidString.prefix(8).lowercased())"
         try await amqp.declare(
             AMQPTopology(
-                queues: [AMQPQueue(queue, durable: false, autoDelete: true)],
+                queues: [AMQPQueue(queue, durable: false, arguments: ["x-expires": .int32(300_000)])],
                 bindings: keys.map { AMQPBinding(queue: queue, exchange: exchange, routingKey: $0) }))
         return Capture(queue: queue, consumer: try await amqp.consume(queue: queue, prefetch: 1000))
     }
