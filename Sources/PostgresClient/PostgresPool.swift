@@ -7,26 +7,19 @@ import Synchronization
 /// network) is dropped when it comes back and a new one is opened for the next caller, with
 /// backoff while the server is away. Acquiring waits at most `acquireTimeout`.
 public final class PostgresPool: Sendable {
-    private struct State {
-        var idle: [PostgresConnection] = []
-        var open = 0
-        var waiters: [(id: Int, continuation: CheckedContinuation<PostgresConnection?, any Error>)] = []
-        var cancelledWaiters: Set<Int> = []
-        var nextWaiter = 0
-        var closed = false
-    }
+    private typealias State = PoolState<PostgresConnection, CheckedContinuation<PostgresConnection?, any Error>>
 
     public let configuration: PostgresConfiguration
     public let size: Int
     public let acquireTimeout: Duration
     private let logger: Logger
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
     public init(
         configuration: PostgresConfiguration, size: Int = 4, acquireTimeout: Duration = .seconds(30),
         logger: Logger = Logger(label: "ringing.postgres")
     ) {
-        precondition(size > 0, "a pool needs at least one connection")
+        self.state = Mutex(State(size: size))
         self.configuration = configuration
         self.size = size
         self.acquireTimeout = acquireTimeout
@@ -66,47 +59,26 @@ public final class PostgresPool: Sendable {
 
     /// Closes idle connections and refuses new work; connections in use close when returned.
     public func close() async {
-        let (idle, waiters) = state.withLock { state in
-            state.closed = true
-            defer {
-                state.idle.removeAll()
-                state.waiters.removeAll()
-            }
-            return (state.idle, state.waiters)
-        }
-        for waiter in waiters { waiter.continuation.resume(throwing: PostgresError(.closed, "the pool is closed")) }
+        let (idle, waiters) = state.withLock { $0.close() }
+        for waiter in waiters { waiter.resume(throwing: PostgresError(.closed, "the pool is closed")) }
         for connection in idle { await connection.close() }
     }
 
     // MARK: - Lending
 
-    private enum Decision {
-        case use(PostgresConnection)
-        case open
-        case wait
-        case closed
-    }
-
     func acquire() async throws -> PostgresConnection {
-        let decision = state.withLock { state -> Decision in
-            if state.closed { return .closed }
-            if let connection = state.idle.popLast() { return .use(connection) }
-            if state.open < size {
-                state.open += 1
-                return .open
-            }
-            return .wait
-        }
-        switch decision {
+        let mustWait: Bool
+        switch state.withLock({ $0.acquire() }) {
         case .use(let connection): return connection
         case .closed: throw PostgresError(.closed, "the pool is closed")
-        case .open, .wait: break
+        case .open: mustWait = false
+        case .wait: mustWait = true
         }
         // Waiting and connecting are bounded together by `acquireTimeout`.
         let deadline = ContinuousClock.now + acquireTimeout
         return try await withThrowingTaskGroup(of: PostgresConnection?.self) { group in
             group.addTask {
-                if case .wait = decision, let lent = try await self.waitForTurn() { return lent }
+                if mustWait, let lent = try await self.waitForTurn() { return lent }
                 return try await self.openConnection(until: deadline)
             }
             group.addTask {
@@ -127,28 +99,13 @@ public final class PostgresPool: Sendable {
 
     /// Waits for a connection another caller returns; nil grants a slot to open a new one.
     private func waitForTurn() async throws -> PostgresConnection? {
-        let id = state.withLock { state in
-            defer { state.nextWaiter += 1 }
-            return state.nextWaiter
-        }
+        let id = state.withLock { $0.nextWaiterID() }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
-                let cancelled = state.withLock { state -> Bool in
-                    if state.cancelledWaiters.remove(id) != nil { return true }
-                    state.waiters.append((id, continuation))
-                    return false
-                }
-                if cancelled { continuation.resume(throwing: CancellationError()) }
+                if !state.withLock({ $0.enqueue(id, continuation) }) { continuation.resume(throwing: CancellationError()) }
             }
         } onCancel: {
-            let waiter = state.withLock { state -> CheckedContinuation<PostgresConnection?, any Error>? in
-                guard let index = state.waiters.firstIndex(where: { $0.id == id }) else {
-                    state.cancelledWaiters.insert(id)
-                    return nil
-                }
-                return state.waiters.remove(at: index).continuation
-            }
-            waiter?.resume(throwing: CancellationError())
+            state.withLock { $0.cancel(id) }?.resume(throwing: CancellationError())
         }
     }
 
@@ -174,32 +131,16 @@ public final class PostgresPool: Sendable {
 
     /// A slot that will not be filled: hand it to the next waiter, which opens a connection.
     private func giveUpSlot() {
-        let waiter = state.withLock { state -> CheckedContinuation<PostgresConnection?, any Error>? in
-            guard !state.waiters.isEmpty else {
-                state.open -= 1
-                return nil
-            }
-            return state.waiters.removeFirst().continuation
-        }
-        waiter?.resume(returning: nil)
+        state.withLock { $0.giveUpSlot() }?.resume(returning: nil)
     }
 
     func release(_ connection: PostgresConnection) {
-        guard connection.isHealthy else {
-            logger.debug("dropping a broken PostgreSQL connection")
-            return giveUpSlot()
+        let healthy = connection.isHealthy
+        if !healthy { logger.debug("dropping a broken PostgreSQL connection") }
+        switch state.withLock({ $0.release(connection, healthy: healthy) }) {
+        case .handOver(let waiter, let connection): waiter.resume(returning: connection)
+        case .grantSlot(let waiter): waiter.resume(returning: nil)
+        case .kept: break
         }
-        let waiter = state.withLock { state -> CheckedContinuation<PostgresConnection?, any Error>? in
-            if state.closed {
-                state.open -= 1
-                return nil
-            }
-            guard !state.waiters.isEmpty else {
-                state.idle.append(connection)
-                return nil
-            }
-            return state.waiters.removeFirst().continuation
-        }
-        waiter?.resume(returning: connection)
     }
 }
