@@ -26,6 +26,8 @@ public final class CallControlService: ComposedService, Sendable {
     let listener: PostgresListener
     let auth: AuthTokens
     let ringTimer = Doorbell()
+    /// Outbox rows already published, deleted by the next batch's transaction.
+    let published = PublishedOutbox()
     /// The broker account events and notifications are published as (their `user_id`).
     var publisherUser: String { configuration.amqp.user }
     private let readyBell = Doorbell()
@@ -97,6 +99,7 @@ public final class CallControlService: ComposedService, Sendable {
             }
             work.addTask { await cancelWhenGracefulShutdown { await self.runRingTimer() } }
             work.addTask { await cancelWhenGracefulShutdown { await self.runOutboxRelay() } }
+            work.addTask { await cancelWhenGracefulShutdown { await self.runOutboxDeleter() } }
             work.addTask { await cancelWhenGracefulShutdown { await self.forwardDeadlineNotifications() } }
             // Stop taking work on a graceful shutdown (or cancellation); workers then
             // finish what they hold and return.
@@ -110,6 +113,7 @@ public final class CallControlService: ComposedService, Sendable {
             // A worker that could not subscribe again throws here: the service stops with it.
             while try await work.next() != nil {}
         }
+        await deletePublished()
         await pool.close()
     }
 
@@ -205,12 +209,7 @@ public final class CallControlService: ComposedService, Sendable {
             }
         }
         guard await publishWithRetry(messages, stillHeld: batch, logger: logger) else { return }
-        if !outboxIDs.isEmpty {
-            do { try await pool.withConnection { try await CallStore.deleteOutbox($0, ids: outboxIDs) } } catch {
-                logger.warning(
-                    "could not clear published outbox rows; the relay will republish them", metadata: ["error": "\(error)"])
-            }
-        }
+        published.add(outboxIDs)
         for (delivery, _, _) in jobs { delivery.ack() }
         let elapsed = ContinuousClock.now - started
         for ((_, _, job), outcome) in zip(jobs, outcomes) {
@@ -247,8 +246,18 @@ public final class CallControlService: ComposedService, Sendable {
                     for job in jobs { outcomes.append(try await applyAlone(job)) }
                     return outcomes
                 }
-                return try await pool.withConnection { connection in
-                    try await connection.withTransaction { db in try RequestProcessor.process(db, jobs) }
+                // The rows the last batches published go in this transaction.
+                let deleting = published.take()
+                do {
+                    return try await pool.withConnection { connection in
+                        try await connection.withTransaction { db in
+                            try CallStore.deletePublishedOutbox(db, ids: deleting)
+                            return try RequestProcessor.process(db, jobs)
+                        }
+                    }
+                } catch {
+                    published.restore(deleting)
+                    throw error
                 }
             } catch let error as PostgresError where error.sqlState == .uniqueViolation && !oneByOne {
                 oneByOne = true
@@ -403,22 +412,43 @@ public final class CallControlService: ComposedService, Sendable {
                     Self.lateness(reason).record(
                         duration: .milliseconds(Int64(max(0, now.timeIntervalSince(deadline)) * 1000)))
                     try CallStore.save(db, decision.call, previous: call)
-                    messages.append(
-                        contentsOf: try CallStore.insertOutbox(db, try RequestProcessor.messages(for: decision, traceparent: nil))
-                    )
+                    messages.append(contentsOf: try RequestProcessor.messages(for: decision, traceparent: nil))
                 }
-                return (messages, calls.count)
+                return (try CallStore.insertOutbox(db, messages), calls.count)
             }
         }
         guard !outbox.0.isEmpty else { return outbox.1 }
         logger.debug("\(what) fired", metadata: ["calls": "\(outbox.1)"])
         // If publishing fails here, the relay publishes these rows once the grace period passes.
         try await publisher.publishAll(outbox.0.map { $0.amqpMessage(userID: publisherUser) })
-        try await pool.withConnection { try await CallStore.deleteOutbox($0, ids: outbox.0.map(\.id)) }
+        published.add(outbox.0.map(\.id))
         return outbox.1
     }
 
     // MARK: - Outbox relay
+
+    /// Deletes published rows that no batch took: when requests stop coming, within a tenth
+    /// of a second of their publish (long before the relay's grace period would republish them).
+    private func runOutboxDeleter() async {
+        while !Task.isCancelled {
+            await published.bell.wait(timeout: .seconds(1))
+            // A batch that comes meanwhile takes the rows into its transaction.
+            try? await Task.sleep(for: .milliseconds(100))
+            await deletePublished()
+        }
+    }
+
+    /// Deletes the published rows in a transaction of their own (at shutdown, or when idle).
+    private func deletePublished() async {
+        let ids = published.take()
+        guard !ids.isEmpty else { return }
+        do { try await pool.withConnection { try await CallStore.deleteOutbox($0, ids: ids) } } catch {
+            published.restore(ids)
+            logger.warning(
+                "could not clear published outbox rows; retrying (the relay republishes them after the grace period)",
+                metadata: ["error": "\(error)"])
+        }
+    }
 
     /// Republishes outbox messages whose publisher died between commit and confirm.
     private func runOutboxRelay() async {
@@ -464,4 +494,31 @@ public final class CallControlService: ComposedService, Sendable {
             try? await Task.sleep(for: .seconds(1))
         }
     }
+}
+
+/// Outbox rows whose messages the broker confirmed, waiting to be deleted. The next batch's
+/// transaction deletes them (one statement there instead of a transaction of its own); the
+/// deleter takes what no batch took. Rows lost here by a crash are republished by the relay,
+/// and consumers drop the duplicate by `event_id`.
+final class PublishedOutbox: Sendable {
+    private let ids = Mutex<[Int64]>([])
+    /// Rung when rows are added.
+    let bell = Doorbell()
+
+    func add(_ new: [Int64]) {
+        guard !new.isEmpty else { return }
+        ids.withLock { $0.append(contentsOf: new) }
+        bell.ring()
+    }
+
+    /// Takes every row waiting.
+    func take() -> [Int64] {
+        ids.withLock { ids in
+            defer { ids.removeAll() }
+            return ids
+        }
+    }
+
+    /// Gives back rows whose delete did not commit.
+    func restore(_ back: [Int64]) { add(back) }
 }

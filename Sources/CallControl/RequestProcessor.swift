@@ -26,15 +26,21 @@ struct JobOutcome: Sendable {
     var outbox: [OutboxMessage]
     var code: String  // "ok" or the error code, for logs and metrics
     var sessionID: UUID?
+    /// The call as the request left it, when it named or made one (for the liveness touch).
+    var call: CallSession? = nil
 }
 
 enum RequestProcessor {
-    /// Applies `jobs` in order inside the caller's transaction.
+    /// Applies `jobs` in order inside the caller's transaction. The batch's idempotency
+    /// records and outbox messages are written together at the end, one statement each:
+    /// nothing inside the batch reads them back (duplicates within the batch are found in
+    /// memory), and a racing duplicate from another instance still fails the commit.
     static func process(_ db: isolated PostgresConnection, _ jobs: [Job]) throws -> [JobOutcome] {
         let now = try CallStore.now(db)
         var processed = try CallStore.processed(db, keys: jobs.filter { $0.request.type.isMutation }.map(\.idempotencyKey))
         var outcomes: [JobOutcome] = []
         outcomes.reserveCapacity(jobs.count)
+        var records: [ProcessedRequest] = []
         for job in jobs {
             if job.request.type.isMutation, let earlier = processed[job.idempotencyKey] {
                 outcomes.append(duplicate(job, earlier))
@@ -52,17 +58,38 @@ enum RequestProcessor {
                 continue
             }
             // Any request naming a call keeps the user's participation live (DESIGN §10).
-            if let session = job.request.command.sessionID { try CallStore.touch(db, session, job.user.uid, at: now) }
+            if let session = job.request.command.sessionID, needsTouch(outcome.call, job.user.uid, at: now) {
+                try CallStore.touch(db, session, job.user.uid, at: now)
+            }
             if job.request.type.isMutation {
                 let record = ProcessedRequest(
                     messageID: job.messageID, type: job.request.type.rawValue, actor: job.user.uid,
                     reply: String(decoding: outcome.reply, as: UTF8.self))
-                try CallStore.recordProcessed(db, record)
+                records.append(record)
                 processed[job.idempotencyKey] = record
             }
             outcomes.append(outcome)
         }
+        try CallStore.recordProcessed(db, records)
+        var stored = try CallStore.insertOutbox(db, outcomes.flatMap(\.outbox))[...]
+        for index in outcomes.indices where !outcomes[index].outbox.isEmpty {
+            let count = outcomes[index].outbox.count
+            outcomes[index].outbox = Array(stored.prefix(count))
+            stored = stored.dropFirst(count)
+        }
         return outcomes
+    }
+
+    /// Whether a request on `call` must refresh `uid`'s `last_seen_at`: only an accepted
+    /// participant of an ongoing call has one, and a call the request just wrote (or read
+    /// under its lock) already shows whether it is at `now`. Without the call in hand (not
+    /// found, or read without a lock) the guarded statement decides.
+    static func needsTouch(_ call: CallSession?, _ uid: String, at now: Date) -> Bool {
+        guard let call else { return true }
+        guard let participant = call.participants.first(where: { $0.uid == uid }),
+            participant.status == .accepted, let lastSeen = participant.lastSeenAt
+        else { return false }
+        return lastSeen < now
     }
 
     /// A repeated (`sub`, `message_id`): the original reply, nothing changed. The same user
@@ -176,42 +203,71 @@ enum RequestProcessor {
         job: Job, reply success: WireReply? = nil
     ) throws -> JobOutcome {
         var outbox: [OutboxMessage] = []
+        // The call is encoded once for its events, notifications and the reply.
+        var encoded = EncodedCalls()
         if decision.changed {
             try CallStore.save(db, decision.call, previous: isNew ? nil : previous)
-            outbox = try CallStore.insertOutbox(db, try messages(for: decision, traceparent: job.traceparent))
+            outbox = try messages(for: decision, traceparent: job.traceparent, calls: &encoded)  // written with the batch's
         }
-        let reply = decision.error.map(WireReply.error) ?? success ?? WireReply.call(decision.call)
+        let reply: Data
+        if let error = decision.error {
+            reply = WireReply.error(error).encoded()
+        } else if let success {
+            reply = success.encoded()
+        } else {
+            reply = WireReply.call(json: try encoded.json(decision.call))
+        }
         return JobOutcome(
-            reply: reply.encoded(), outbox: outbox, code: decision.error?.code.rawValue ?? "ok",
-            sessionID: decision.call.sessionID)
+            reply: reply, outbox: outbox, code: decision.error?.code.rawValue ?? "ok", sessionID: decision.call.sessionID,
+            call: decision.call)
     }
 
     /// The events and notifications of a decision as outbox messages.
     static func messages(for decision: CallDecision, traceparent: String?) throws -> [OutboxMessage] {
+        var calls = EncodedCalls()
+        return try messages(for: decision, traceparent: traceparent, calls: &calls)
+    }
+
+    /// The same, encoding each distinct call snapshot once (kept in `calls` for the reply).
+    static func messages(for decision: CallDecision, traceparent: String?, calls: inout EncodedCalls) throws
+        -> [OutboxMessage]
+    {
         var messages: [OutboxMessage] = []
         for event in decision.events {
-            let body = WireEvent(event, type: event.type.rawValue, traceparent: traceparent)
+            let body = try WireEvent.encoded(
+                event, type: event.type.rawValue, traceparent: traceparent, callJSON: try calls.json(event.call))
             messages.append(
                 OutboxMessage(
                     exchange: Topology.eventsExchange, routingKey: RoutingKey.event(event.type),
-                    messageID: event.eventID.uuidString.lowercased(), traceparent: traceparent, body: try encode(body)))
+                    messageID: event.eventID.uuidString.lowercased(), traceparent: traceparent,
+                    body: String(decoding: body, as: UTF8.self)))
         }
         for notification in decision.notifications {
-            let body = WireEvent(
-                notification.event, type: notification.name.rawValue, recipient: notification.recipient, traceparent: traceparent)
+            let body = try WireEvent.encoded(
+                notification.event, type: notification.name.rawValue, recipient: notification.recipient,
+                traceparent: traceparent, callJSON: try calls.json(notification.event.call))
             messages.append(
                 OutboxMessage(
                     exchange: Topology.notificationsExchange,
                     routingKey: RoutingKey.notification(notification.name, for: notification.recipient),
                     messageID:
                         "\(notification.event.eventID.uuidString.lowercased()):\(notification.recipient):\(notification.name.rawValue)",
-                    traceparent: traceparent, body: try encode(body)))
+                    traceparent: traceparent, body: String(decoding: body, as: UTF8.self)))
         }
         return messages
     }
 
-    /// An event or notification as JSON: a failure to encode is an error, never an empty body.
-    private static func encode(_ event: WireEvent) throws -> String {
-        String(decoding: try WireTime.encoder.encode(event), as: UTF8.self)
+}
+
+/// Call snapshots encoded as JSON, each once: a decision's events, notifications and reply
+/// usually show the same call. A failure to encode is an error, never an empty body.
+struct EncodedCalls {
+    private var encoded: [(call: CallSession, json: Data)] = []
+
+    mutating func json(_ call: CallSession) throws -> Data {
+        if let found = encoded.first(where: { $0.call == call }) { return found.json }
+        let json = try WireJSON.call(call)
+        encoded.append((call, json))
+        return json
     }
 }

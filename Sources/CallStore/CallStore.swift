@@ -83,10 +83,17 @@ public enum CallStore {
     }
 
     public static func recordProcessed(_ db: isolated PostgresConnection, _ request: ProcessedRequest) throws {
+        try recordProcessed(db, [request])
+    }
+
+    /// Records the replies of a batch in one statement.
+    public static func recordProcessed(_ db: isolated PostgresConnection, _ requests: [ProcessedRequest]) throws {
+        guard !requests.isEmpty else { return }
         try db.query(
             """
             INSERT INTO processed_requests (message_id, request_type, actor, reply)
-            VALUES (\(request.messageID), \(request.type), \(request.actor), \(request.reply))
+            SELECT * FROM unnest(\(requests.map(\.messageID))::text[], \(requests.map(\.type))::text[],
+                                 \(requests.map(\.actor))::text[], \(requests.map(\.reply))::text[])
             """)
     }
 
@@ -107,8 +114,9 @@ public enum CallStore {
         try loadCalls(db, try db.query("SELECT \(fragment: callColumns) FROM calls WHERE session_id = \(id) FOR UPDATE")).first
     }
 
+    /// A call without locking it, read in one statement.
     public static func loadCall(_ db: isolated PostgresConnection, _ id: UUID) throws -> CallSession? {
-        try loadCalls(db, try db.query("SELECT \(fragment: callColumns) FROM calls WHERE session_id = \(id)")).first
+        try readCalls(db, [id])[id]
     }
 
     /// The receiver's ringing 1:1 call to the initiator (glare), locked.
@@ -280,17 +288,44 @@ public enum CallStore {
             """)
         let before = Dictionary(
             uniqueKeysWithValues: previous!.participants.map { ($0.uid, ($0, $0.isActive(in: previous!.status))) })
-        for participant in call.participants {
-            let active = participant.isActive(in: call.status)
-            if let (old, wasActive) = before[participant.uid], old == participant, wasActive == active { continue }
-            try db.query(
-                """
-                UPDATE call_participants SET status = \(participant.status.rawValue), joined_at = \(participant.joinedAt),
-                    left_at = \(participant.leftAt), active = \(active), rang_at = \(participant.rangAt),
-                    left_reason = \(participant.leftReason?.rawValue), last_seen_at = \(participant.lastSeenAt)
-                WHERE session_id = \(call.sessionID) AND uid = \(participant.uid)
-                """)
+        let changed = call.participants.filter { participant in
+            guard let (old, wasActive) = before[participant.uid] else { return true }
+            return old != participant || wasActive != participant.isActive(in: call.status)
         }
+        guard !changed.isEmpty else { return }
+        // One statement for every changed participant (each uid once, so the one-active-call
+        // index cannot see two rows of one user here).
+        var update = PostgresQuery.StringInterpolation(literalCapacity: 400, interpolationCount: changed.count * 7 + 1)
+        update.appendLiteral(
+            """
+            UPDATE call_participants p SET status = v.status, joined_at = v.joined_at, left_at = v.left_at, active = v.active,
+                rang_at = v.rang_at, left_reason = v.left_reason, last_seen_at = v.last_seen_at
+            FROM (VALUES\u{20}
+            """)
+        for (index, participant) in changed.enumerated() {
+            update.appendLiteral(index == 0 ? "(" : ", (")
+            update.appendInterpolation(participant.uid)
+            update.appendLiteral("::text, ")
+            update.appendInterpolation(participant.status.rawValue)
+            update.appendLiteral("::text, ")
+            update.appendInterpolation(participant.joinedAt)
+            update.appendLiteral("::timestamptz, ")
+            update.appendInterpolation(participant.leftAt)
+            update.appendLiteral("::timestamptz, ")
+            update.appendInterpolation(participant.isActive(in: call.status))
+            update.appendLiteral("::bool, ")
+            update.appendInterpolation(participant.rangAt)
+            update.appendLiteral("::timestamptz, ")
+            update.appendInterpolation(participant.leftReason?.rawValue)
+            update.appendLiteral("::text, ")
+            update.appendInterpolation(participant.lastSeenAt)
+            update.appendLiteral("::timestamptz)")
+        }
+        update.appendLiteral(
+            ") AS v(uid, status, joined_at, left_at, active, rang_at, left_reason, last_seen_at) WHERE p.session_id = ")
+        update.appendInterpolation(call.sessionID)
+        update.appendLiteral(" AND p.uid = v.uid")
+        try db.query(PostgresQuery(stringInterpolation: update))
     }
 
     /// The calls a user took part in, newest first, one page.
@@ -348,26 +383,22 @@ public enum CallStore {
 
     // MARK: - Outbox
 
-    /// Writes messages to the outbox; returns them with their ids.
+    /// Writes messages to the outbox in one statement (whatever their number: one SQL text,
+    /// prepared once); returns them with their ids.
     public static func insertOutbox(_ db: isolated PostgresConnection, _ messages: [OutboxMessage]) throws -> [OutboxMessage] {
         guard !messages.isEmpty else { return [] }
-        var insert = PostgresQuery.StringInterpolation(literalCapacity: 120, interpolationCount: messages.count * 5)
-        insert.appendLiteral("INSERT INTO outbox (exchange, routing_key, message_id, traceparent, body) VALUES ")
-        for (index, message) in messages.enumerated() {
-            insert.appendLiteral(index == 0 ? "(" : ", (")
-            insert.appendInterpolation(message.exchange)
-            insert.appendLiteral(", ")
-            insert.appendInterpolation(message.routingKey)
-            insert.appendLiteral(", ")
-            insert.appendInterpolation(message.messageID)
-            insert.appendLiteral(", ")
-            insert.appendInterpolation(message.traceparent)
-            insert.appendLiteral(", ")
-            insert.appendInterpolation(message.body)
-            insert.appendLiteral(")")
-        }
-        insert.appendLiteral(" RETURNING id")
-        let ids = try db.query(PostgresQuery(stringInterpolation: insert)).map { try $0.decode(Int64.self, at: 0) }
+        // The ids come from one sequence in the order of `n`: sorted, they match the messages.
+        let ids = try db.query(
+            """
+            INSERT INTO outbox (exchange, routing_key, message_id, traceparent, body)
+            SELECT e, k, m, nullif(t, ''), b
+            FROM unnest(\(messages.map(\.exchange))::text[], \(messages.map(\.routingKey))::text[],
+                        \(messages.map(\.messageID))::text[], \(messages.map { $0.traceparent ?? "" })::text[],
+                        \(messages.map(\.body))::text[]) WITH ORDINALITY AS u(e, k, m, t, b, n)
+            ORDER BY n
+            RETURNING id
+            """
+        ).map { try $0.decode(Int64.self, at: 0) }.sorted()
         return zip(messages, ids).map { message, id in
             var stored = message
             stored.id = id
@@ -383,6 +414,12 @@ public enum CallStore {
             try db.query("SET LOCAL synchronous_commit = off")
             try db.query("DELETE FROM outbox WHERE id = ANY(\(ids.map { Int($0) }))")
         }
+    }
+
+    /// Removes published messages inside the caller's transaction (a batch's).
+    public static func deletePublishedOutbox(_ db: isolated PostgresConnection, ids: [Int64]) throws {
+        guard !ids.isEmpty else { return }
+        try db.query("DELETE FROM outbox WHERE id = ANY(\(ids.map { Int($0) }))")
     }
 
     /// Leases messages that nobody published within `grace` (their publisher died): another
@@ -435,32 +472,7 @@ public enum CallStore {
 
     private static func loadCalls(_ db: isolated PostgresConnection, _ rows: PostgresRows) throws -> [CallSession] {
         guard !rows.isEmpty else { return [] }
-        var calls: [CallSession] = []
-        for row in rows {
-            let (id, initiator, receiverID, receiverType, callType, status, initiatedAt, expiresAt) =
-                try row.decodeColumns((UUID, String, String, String, String, String, Date, Date).self)
-            let answeredAt = try row.decode(Date?.self, at: 8)
-            let endedAt = try row.decode(Date?.self, at: 9)
-            let duration = try row.decode(Int?.self, at: 10)
-            let endedBy = try row.decode(String?.self, at: 11)
-            let metadataText = try row.decode(String.self, at: 12)
-            let sequence = try row.decode(Int.self, at: 13)
-            let endReason = try row.decode(String?.self, at: 14).map {
-                try StoredValue.parse(EndReason.self, $0, "calls", "end_reason", id)
-            }
-            guard let metadata = try? JSONDecoder().decode(JSONObject.self, from: Data(metadataText.utf8)) else {
-                throw StoredValue.error("calls", "metadata", metadataText, id)
-            }
-            calls.append(
-                CallSession(
-                    sessionID: id, initiator: initiator, receiverID: receiverID,
-                    receiverType: try StoredValue.parse(ReceiverType.self, receiverType, "calls", "receiver_type", id),
-                    callType: try StoredValue.parse(CallType.self, callType, "calls", "call_type", id),
-                    status: try StoredValue.parse(CallStatus.self, status, "calls", "status", id),
-                    initiatedAt: initiatedAt, expiresAt: expiresAt, answeredAt: answeredAt, endedAt: endedAt,
-                    durationSeconds: duration,
-                    endedBy: endedBy, endReason: endReason, metadata: metadata, participants: [], sequence: sequence))
-        }
+        var calls = try rows.map(decodeCall)
         let ids = calls.map(\.sessionID)
         var participants: [UUID: [Participant]] = [:]
         for row in try db.query(
@@ -469,26 +481,82 @@ public enum CallStore {
             WHERE session_id = ANY(\(ids)) ORDER BY session_id, role DESC, uid
             """)
         {
-            let (id, uid, role, status, joinedAt, leftAt) = try row.decodeColumns(
-                (UUID, String, String, String, Date?, Date?).self)
-            let rangAt = try row.decode(Date?.self, at: 6)
-            let leftReason = try row.decode(String?.self, at: 7).map {
-                try StoredValue.parse(LeftReason.self, $0, "call_participants", "left_reason", id)
-            }
-            let lastSeenAt = try row.decode(Date?.self, at: 8)
-            participants[id, default: []].append(
-                Participant(
-                    uid: uid, role: try StoredValue.parse(ParticipantRole.self, role, "call_participants", "role", id),
-                    status: try StoredValue.parse(ParticipantStatus.self, status, "call_participants", "status", id),
-                    joinedAt: joinedAt, leftAt: leftAt, rangAt: rangAt, leftReason: leftReason, lastSeenAt: lastSeenAt))
+            let id = try row.decode(UUID.self, at: 0)
+            participants[id, default: []].append(try decodeParticipant(row, from: 1, of: id))
         }
-        for index in calls.indices {
-            // The initiator first ("receiver" > "initiator" sorts the other way).
-            calls[index].participants = (participants[calls[index].sessionID] ?? []).sorted { lhs, rhs in
-                lhs.role == rhs.role ? lhs.uid < rhs.uid : lhs.role == .initiator
-            }
-        }
+        for index in calls.indices { calls[index].participants = inOrder(participants[calls[index].sessionID] ?? []) }
         return calls
+    }
+
+    /// Reads calls with their participants in one statement (one snapshot), without locks:
+    /// for readers that need no row lock (`call.get`, the token service).
+    public static func readCalls(_ db: isolated PostgresConnection, _ ids: [UUID]) throws -> [UUID: CallSession] {
+        guard !ids.isEmpty else { return [:] }
+        var calls: [UUID: CallSession] = [:]
+        for row in try db.query(
+            """
+            SELECT \(fragment: callColumnsOfC),
+                   p.uid, p.role, p.status, p.joined_at, p.left_at, p.rang_at, p.left_reason, p.last_seen_at
+            FROM calls c LEFT JOIN call_participants p ON p.session_id = c.session_id
+            WHERE c.session_id = ANY(\(ids))
+            """)
+        {
+            let id = try row.decode(UUID.self, at: 0)
+            if calls[id] == nil { calls[id] = try decodeCall(row) }
+            if try row.decode(String?.self, at: 15) != nil {
+                calls[id]!.participants.append(try decodeParticipant(row, from: 15, of: id))
+            }
+        }
+        for id in calls.keys { calls[id]!.participants = inOrder(calls[id]!.participants) }
+        return calls
+    }
+
+    /// The initiator first, then the others by uid.
+    private static func inOrder(_ participants: [Participant]) -> [Participant] {
+        participants.sorted { lhs, rhs in lhs.role == rhs.role ? lhs.uid < rhs.uid : lhs.role == .initiator }
+    }
+
+    /// A call from the columns of `callColumns` (from column 0), without participants.
+    private static func decodeCall(_ row: PostgresRow) throws -> CallSession {
+        let (id, initiator, receiverID, receiverType, callType, status, initiatedAt, expiresAt) =
+            try row.decodeColumns((UUID, String, String, String, String, String, Date, Date).self)
+        let answeredAt = try row.decode(Date?.self, at: 8)
+        let endedAt = try row.decode(Date?.self, at: 9)
+        let duration = try row.decode(Int?.self, at: 10)
+        let endedBy = try row.decode(String?.self, at: 11)
+        let metadataText = try row.decode(String.self, at: 12)
+        let sequence = try row.decode(Int.self, at: 13)
+        let endReason = try row.decode(String?.self, at: 14).map {
+            try StoredValue.parse(EndReason.self, $0, "calls", "end_reason", id)
+        }
+        guard let metadata = try? JSONDecoder().decode(JSONObject.self, from: Data(metadataText.utf8)) else {
+            throw StoredValue.error("calls", "metadata", metadataText, id)
+        }
+        return CallSession(
+            sessionID: id, initiator: initiator, receiverID: receiverID,
+            receiverType: try StoredValue.parse(ReceiverType.self, receiverType, "calls", "receiver_type", id),
+            callType: try StoredValue.parse(CallType.self, callType, "calls", "call_type", id),
+            status: try StoredValue.parse(CallStatus.self, status, "calls", "status", id),
+            initiatedAt: initiatedAt, expiresAt: expiresAt, answeredAt: answeredAt, endedAt: endedAt,
+            durationSeconds: duration,
+            endedBy: endedBy, endReason: endReason, metadata: metadata, participants: [], sequence: sequence)
+    }
+
+    /// A participant from uid, role, status, joined_at, left_at, rang_at, left_reason,
+    /// last_seen_at starting at column `base`.
+    private static func decodeParticipant(_ row: PostgresRow, from base: Int, of id: UUID) throws -> Participant {
+        let uid = try row.decode(String.self, at: base)
+        let role = try row.decode(String.self, at: base + 1)
+        let status = try row.decode(String.self, at: base + 2)
+        let leftReason = try row.decode(String?.self, at: base + 6).map {
+            try StoredValue.parse(LeftReason.self, $0, "call_participants", "left_reason", id)
+        }
+        return Participant(
+            uid: uid, role: try StoredValue.parse(ParticipantRole.self, role, "call_participants", "role", id),
+            status: try StoredValue.parse(ParticipantStatus.self, status, "call_participants", "status", id),
+            joinedAt: try row.decode(Date?.self, at: base + 3), leftAt: try row.decode(Date?.self, at: base + 4),
+            rangAt: try row.decode(Date?.self, at: base + 5), leftReason: leftReason,
+            lastSeenAt: try row.decode(Date?.self, at: base + 7))
     }
 }
 

@@ -238,16 +238,23 @@ extension Array: PostgresEncodable where Element: PostgresArrayElement {
     public static var postgresType: PostgresType { Element.postgresArrayType }
 
     /// `{"a","b"}`: every element quoted, so commas, braces and spaces need no thought.
+    /// Escaped byte by byte: in UTF-8 a quote or backslash byte is never part of another
+    /// character, and large elements (JSON bodies) stay cheap.
     public var postgresText: String {
-        "{"
-            + map { element in
-                var quoted = "\""
-                for character in element.postgresText {
-                    if character == "\"" || character == "\\" { quoted.append("\\") }
-                    quoted.append(character)
-                }
-                return quoted + "\""
-            }.joined(separator: ",") + "}"
+        let quote = UInt8(ascii: "\"")
+        let backslash = UInt8(ascii: "\\")
+        var bytes: [UInt8] = [UInt8(ascii: "{")]
+        for (index, element) in enumerated() {
+            if index > 0 { bytes.append(UInt8(ascii: ",")) }
+            bytes.append(quote)
+            for byte in element.postgresText.utf8 {
+                if byte == quote || byte == backslash { bytes.append(backslash) }
+                bytes.append(byte)
+            }
+            bytes.append(quote)
+        }
+        bytes.append(UInt8(ascii: "}"))
+        return String(decoding: bytes, as: UTF8.self)
     }
 }
 

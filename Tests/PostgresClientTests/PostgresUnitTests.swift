@@ -93,6 +93,9 @@ import Testing
         #expect([String](postgresText: "{plain,words}") == ["plain", "words"])
         #expect([String](postgresText: "{a,NULL}") == nil)
         #expect([Int](postgresText: "{1,2,3}") == [1, 2, 3])
+        // Escaped byte by byte: characters beyond ASCII and JSON bodies come through whole.
+        let wide = ["é☎️ call", #"{"call":{"id":"a\"b","tags":["x"]}}"#]
+        #expect([String](postgresText: wide.postgresText) == wide)
     }
 
     @Test func rowsDecodeByPositionNameAndTuple() throws {
