@@ -102,20 +102,38 @@ public final class TokenService: ComposedService, Sendable {
         ])
     }
 
-    /// Answers batches of requests; replies go out on the publishing connection.
-    var answering: RequestAnswering {
+    /// Answers batches of requests; replies go out on the publishing connection. The calls a
+    /// batch names are read in one statement before its requests are answered.
+    var answering: RequestAnswering<[UUID: CallSession]?> {
         RequestAnswering(
             publisher: publisher, logger: logger, unavailableMessage: "the token could not be issued now; retry",
-            respond: { try await self.respond($0) })
+            preload: { await self.preloadCalls($0) }, respond: { try await self.respond($0, $1) })
     }
 
-    private func respond(_ request: Request) async throws -> WireReply {
+    /// The calls `requests` name, in one read; nil when the database did not answer (each
+    /// request then reads its call on its own, retrying).
+    private func preloadCalls(_ requests: [Request]) async -> [UUID: CallSession]? {
+        let ids = requests.compactMap { request -> UUID? in
+            if case .generateToken(let id) = request.command { return id } else { return nil }
+        }
+        guard !ids.isEmpty else { return [:] }
+        do {
+            return try await pool.withConnection { try await CallStore.readCalls($0, Array(Set(ids))) }
+        } catch {
+            logger.debug("reading the batch's calls failed; reading them one by one", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    private func respond(_ request: Request, _ preloaded: [UUID: CallSession]?) async throws -> WireReply {
         switch request.command {
         case .jwks:
             return .keys(issuer.jwks.keys.map { $0.mapValues(JSONValue.string) })
         case .generateToken(let sessionID):
             let user = try await auth.verify(request.authToken ?? "")
-            let call = try await loadCall(sessionID)
+            // Not in the batch's read (it failed, or the call was made just after it): read it alone.
+            let call: CallSession?
+            if let found = preloaded?[sessionID] { call = found } else { call = try await loadCall(sessionID) }
             guard let call else {
                 throw CallError(.notFound, "no call with session_id \(sessionID.uuidString.lowercased())", field: "session_id")
             }
