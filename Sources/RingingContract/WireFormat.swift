@@ -206,6 +206,59 @@ public struct WireEvent: Codable, Sendable, Hashable {
     }
 }
 
+extension WireEvent {
+    /// The event as JSON with `callJSON` (an encoded `WireCall`) as its `call`: a decision's
+    /// call is encoded once and spliced into its event, its notifications and the reply. The
+    /// members are those of `encode(to:)`, `call` last.
+    public static func encoded(
+        _ event: CallEvent, type: String, recipient: String? = nil, traceparent: String? = nil, callJSON: Data
+    ) throws -> Data {
+        let header = try WireTime.encoder.encode(
+            Header(
+                eventID: event.eventID.uuidString.lowercased(), type: type, occurredAt: event.occurredAt,
+                sequence: event.sequence, actor: event.actor, deviceID: event.deviceID, recipient: recipient,
+                traceparent: traceparent))
+        return WireJSON.adding("call", callJSON, to: header)
+    }
+
+    /// Everything of an event but its call.
+    private struct Header: Encodable {
+        var eventID: String
+        var type: String
+        var occurredAt: Date
+        var sequence: Int
+        var actor: String?
+        var deviceID: String?
+        var recipient: String?
+        var traceparent: String?
+
+        enum CodingKeys: String, CodingKey {
+            case type, sequence, actor, recipient, traceparent
+            case eventID = "event_id"
+            case occurredAt = "occurred_at"
+            case deviceID = "device_id"
+        }
+    }
+}
+
+/// Splicing JSON that is already encoded.
+public enum WireJSON {
+    /// A call as JSON, to splice with `WireEvent.encoded` and `WireReply.call(json:)`.
+    public static func call(_ call: CallSession) throws -> Data { try WireTime.encoder.encode(WireCall(call)) }
+
+    /// `object` (an encoded JSON object) with `"key": value` added as its last member.
+    static func adding(_ key: String, _ value: Data, to object: Data) -> Data {
+        var result = object
+        guard result.last == UInt8(ascii: "}") else { return result }
+        result.removeLast()
+        if result.count > 1 { result.append(UInt8(ascii: ",")) }
+        result.append(contentsOf: Array("\"\(key)\":".utf8))
+        result.append(value)
+        result.append(UInt8(ascii: "}"))
+        return result
+    }
+}
+
 public struct WireError: Codable, Sendable, Hashable {
     public var code: CallError.Code
     public var message: String
@@ -259,6 +312,9 @@ public struct WireReply: Codable, Sendable, Hashable {
     }
 
     public static let ok = WireReply(ok: true)
+
+    /// `{"ok":true,"call":…}` around a call already encoded (`WireJSON.call`).
+    public static func call(json: Data) -> Data { WireJSON.adding("call", json, to: Data(#"{"ok":true}"#.utf8)) }
 
     public init(ok: Bool) { self.init(ok: ok, call: nil) }
 
