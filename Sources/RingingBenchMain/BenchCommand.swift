@@ -18,7 +18,7 @@ struct BenchCommand: AsyncParsableCommand {
             Ringing as fast as it answers, and Ringing at a fixed offered rate. Needs call-control and \
             token-service running (scripts/up) with the same RINGING_AUTH_SECRET.
             """,
-        subcommands: [Run.self, GatewayPhase.self, PushPhase.self, FloorWorkerCommand.self],
+        subcommands: [Run.self, GatewayPhase.self, PushPhase.self, Compare.self, FloorWorkerCommand.self],
         defaultSubcommand: Run.self)
 }
 
@@ -122,6 +122,37 @@ struct Run: AsyncParsableCommand {
             FileHandle.standardError.write(Data("ringing-bench: \(error)\n".utf8))
             throw ExitCode.failure
         }
+    }
+}
+
+/// Two reports side by side (scripts/bench --compare REV writes them).
+struct Compare: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print two reports written with --json side by side: throughput, CPU per request, latencies.")
+
+    @Argument(help: "The baseline's JSON report.")
+    var baseline: String
+
+    @Argument(help: "The candidate's JSON report.")
+    var candidate: String
+
+    @Option(help: "What to call the baseline.")
+    var baselineLabel = "baseline"
+
+    @Option(help: "What to call the candidate.")
+    var candidateLabel = "candidate"
+
+    func run() throws {
+        var reports: [BenchReport] = []
+        for path in [baseline, candidate] {
+            do { reports.append(try BenchComparison.report(at: URL(fileURLWithPath: path))) } catch {
+                throw ValidationError("\(path) is not a report written by ringing-bench run --json: \(error)")
+            }
+        }
+        print(
+            BenchComparison(
+                baselineLabel: baselineLabel, baseline: reports[0], candidateLabel: candidateLabel, candidate: reports[1]
+            ).text)
     }
 }
 
