@@ -42,7 +42,8 @@ public struct BenchComparison: Sendable {
         lines.append(
             pad("phase", 14) + lpad("req/s", 18) + lpad("change", 9) + lpad("flows/s", 18) + lpad("CPU ms/req", 16) + "  errors")
         for (name, before, after) in phases {
-            let ratio = before.figures.requestsPerSecond > 0 ? after.figures.requestsPerSecond / before.figures.requestsPerSecond : 0
+            let ratio =
+                before.figures.requestsPerSecond > 0 ? after.figures.requestsPerSecond / before.figures.requestsPerSecond : 0
             let errors = before.figures.errors.values.reduce(0, +) + after.figures.errors.values.reduce(0, +)
             lines.append(
                 pad(name, 14)
