@@ -27,6 +27,9 @@ public struct BenchConfiguration: Codable, Sendable {
     public var phases: [PhaseName] = PhaseName.allCases
     /// Idle seconds between phases.
     public var settleSeconds: Int = 10
+    /// Whether answered flows send the ring receipt (`call.ringing`): off to compare with a
+    /// revision from before it (`--no-ring-receipts`, recorded in the report's command line).
+    public var ringReceipts = true
 
     public init() {}
 
@@ -96,7 +99,8 @@ public final class Bench: Sendable {
             phases = try await withBroker(route: .ringing, prefix: "bench-\(runID)") { broker in
                 var phases: [PhaseResult] = []
                 try await probe(broker, auth: auth)
-                let driver = RingingFlows(broker: broker, ringTimeout: configuration.ringTimeoutSeconds)
+                let driver = RingingFlows(
+                    broker: broker, ringTimeout: configuration.ringTimeoutSeconds, ringReceipts: configuration.ringReceipts)
                 let runs: [(PhasePlan.Load, String)] = ringingPhases.flatMap { phase in
                     phase == .max
                         ? [(.max(concurrency: configuration.concurrency), "ringing-max")]

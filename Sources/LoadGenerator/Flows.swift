@@ -191,6 +191,8 @@ struct RingingFlows: FlowDriver {
     let broker: BenchBroker
     /// `timeout_s` of unanswered calls (the others use 45 s and never reach it).
     let ringTimeout: Int
+    /// Whether the receiver sends `call.ringing` before accepting.
+    var ringReceipts = true
 
     func run(_ kind: FlowKind, _ pair: Pair, recorder: Recorder, release: @Sendable () -> Void) async -> Bool {
         defer { release() }
@@ -230,11 +232,14 @@ struct RingingFlows: FlowDriver {
         switch kind {
         case .answered:
             // The receiver's phone shows the ring and says so; the caller sees "Ringing…".
-            let ringing = broker.expect("outgoing_call.ringing", for: caller.uid, session: session)
-            _ = try await broker.send(
-                .ringing, #"{"auth_token":"\#(receiver.token)","session_id":"\#(sid)","device_id":"bench"}"#, recorder: recorder)
-            let shown = try await broker.arrival(ringing, recorder: recorder)
-            recorder.record(.timeToRinging, shown.arrivedAt - initiated, completedAt: shown.arrivedAt)
+            if ringReceipts {
+                let ringing = broker.expect("outgoing_call.ringing", for: caller.uid, session: session)
+                _ = try await broker.send(
+                    .ringing, #"{"auth_token":"\#(receiver.token)","session_id":"\#(sid)","device_id":"bench"}"#,
+                    recorder: recorder)
+                let shown = try await broker.arrival(ringing, recorder: recorder)
+                recorder.record(.timeToRinging, shown.arrivedAt - initiated, completedAt: shown.arrivedAt)
+            }
             let accepted = broker.expect("outgoing_call.accepted", for: caller.uid, session: session)
             let acceptSent = ContinuousClock.now
             _ = try await broker.send(.accept, #"{"auth_token":"\#(receiver.token)","session_id":"\#(sid)"}"#, recorder: recorder)

@@ -52,6 +52,40 @@ public struct PhaseFigures: Codable, Sendable {
         case latency
         case requestReplyByType = "request_reply_by_type"
         case errors
+        case cpu = "cpu_by_process"
+    }
+
+    public init(
+        windowSeconds: Double, requests: Int, requestsPerSecond: Double, flows: Int, flowsPerSecond: Double,
+        flowsByKind: [String: Int], flowsFailed: [String: Int], latency: [String: LatencySummary],
+        requestReplyByType: [String: LatencySummary], errors: [String: Int], cpu: [String: CPUUsage] = [:]
+    ) {
+        self.windowSeconds = windowSeconds
+        self.requests = requests
+        self.requestsPerSecond = requestsPerSecond
+        self.flows = flows
+        self.flowsPerSecond = flowsPerSecond
+        self.flowsByKind = flowsByKind
+        self.flowsFailed = flowsFailed
+        self.latency = latency
+        self.requestReplyByType = requestReplyByType
+        self.errors = errors
+        self.cpu = cpu
+    }
+
+    /// Reports written before the CPU was part of the JSON read with none.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(
+            windowSeconds: try c.decode(Double.self, forKey: .windowSeconds), requests: try c.decode(Int.self, forKey: .requests),
+            requestsPerSecond: try c.decode(Double.self, forKey: .requestsPerSecond),
+            flows: try c.decode(Int.self, forKey: .flows), flowsPerSecond: try c.decode(Double.self, forKey: .flowsPerSecond),
+            flowsByKind: try c.decode([String: Int].self, forKey: .flowsByKind),
+            flowsFailed: try c.decode([String: Int].self, forKey: .flowsFailed),
+            latency: try c.decode([String: LatencySummary].self, forKey: .latency),
+            requestReplyByType: try c.decode([String: LatencySummary].self, forKey: .requestReplyByType),
+            errors: try c.decode([String: Int].self, forKey: .errors),
+            cpu: try c.decodeIfPresent([String: CPUUsage].self, forKey: .cpu) ?? [:])
     }
 }
 

@@ -55,6 +55,11 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Also write the report as JSON to this file.")
     var json: String?
 
+    @Flag(
+        name: .customLong("ring-receipts"), inversion: .prefixedNo,
+        help: "Answered flows send the ring receipt (call.ringing); --no-ring-receipts for revisions without it.")
+    var ringReceipts = true
+
     @Flag(help: "No progress lines on stderr.")
     var quiet = false
 
@@ -101,6 +106,7 @@ struct Run: AsyncParsableCommand {
         configuration.floorWorkers = floorWorkers
         configuration.phases = try parsedPhases()
         configuration.settleSeconds = settle
+        configuration.ringReceipts = ringReceipts
         let environment = Environment()
         let quiet = self.quiet
         do {

@@ -148,6 +148,29 @@ import Testing
         #expect(report.text.contains("60%"))
     }
 
+    /// Two runs written as JSON and read back side by side, the CPU of each process with them.
+    @Test func twoReportsCompareSideBySide() throws {
+        func report(_ rps: Double, cpu: Double) throws -> BenchReport {
+            var max = phase("ringing-max", "max", rps: rps, ring: (10, 40))
+            max.figures.cpu = [
+                "postgresql": CPUUsage(shareOfMachine: 0.4, millisecondsPerRequest: cpu),
+                "call-control": CPUUsage(shareOfMachine: 0.2, millisecondsPerRequest: 0.5),
+            ]
+            let written = BenchReport(
+                command: "x", machine: MachineInfo.current(), configuration: BenchConfiguration(),
+                floor: phase("floor", "max", rps: 900), phases: [max])
+            return try JSONDecoder.iso8601.decode(BenchReport.self, from: written.json)
+        }
+        let text = BenchComparison(
+            baselineLabel: "old", baseline: try report(500, cpu: 1.5), candidateLabel: "new",
+            candidate: try report(1000, cpu: 0.5)
+        ).text
+        #expect(text.contains("500 → 1000") && text.contains("2.00×"), "\(text)")
+        #expect(text.contains("2.00 → 1.00"), "CPU per request across the machine: \(text)")
+        #expect(text.contains("postgresql 1.50 → 0.50"))
+        #expect(text.contains("ringing-max time_to_ring"))
+    }
+
     @Test func jsonRoundTrips() throws {
         let report = BenchReport(
             command: "x", machine: MachineInfo.current(), configuration: BenchConfiguration(), floor: nil,
