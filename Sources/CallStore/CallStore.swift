@@ -412,7 +412,7 @@ public enum CallStore {
         guard !ids.isEmpty else { return }
         try db.withTransaction { db in
             try db.query("SET LOCAL synchronous_commit = off")
-            try db.query("DELETE FROM outbox WHERE id = ANY(\(ids.map { Int($0) }))")
+            try deletePublishedOutbox(db, ids: ids)
         }
     }
 
