@@ -251,8 +251,7 @@ public final class CallControlService: ComposedService, Sendable {
                 do {
                     return try await pool.withConnection { connection in
                         try await connection.withTransaction { db in
-                            try CallStore.deletePublishedOutbox(db, ids: deleting)
-                            return try RequestProcessor.process(db, jobs)
+                            try RequestProcessor.process(db, jobs, deletingPublished: deleting)
                         }
                     }
                 } catch {

@@ -31,13 +31,20 @@ struct JobOutcome: Sendable {
 }
 
 enum RequestProcessor {
-    /// Applies `jobs` in order inside the caller's transaction. The batch's idempotency
-    /// records and outbox messages are written together at the end, one statement each:
-    /// nothing inside the batch reads them back (duplicates within the batch are found in
-    /// memory), and a racing duplicate from another instance still fails the commit.
-    static func process(_ db: isolated PostgresConnection, _ jobs: [Job]) throws -> [JobOutcome] {
-        let now = try CallStore.now(db)
-        var processed = try CallStore.processed(db, keys: jobs.filter { $0.request.type.isMutation }.map(\.idempotencyKey))
+    /// Applies `jobs` in order inside the caller's transaction. The batch's reads come first,
+    /// a few statements whatever its size: the clock with the idempotency records, the pair
+    /// locks of its 1:1 initiates, the row locks of the calls it changes (in one order), then
+    /// those calls with their participants. Each decision writes its call in one statement;
+    /// the batch's idempotency records and outbox messages are written together at the end
+    /// with the removal of `deletingPublished` (rows earlier batches published): nothing
+    /// inside the batch reads them back (duplicates within the batch are found in memory),
+    /// and a racing duplicate from another instance still fails the commit.
+    static func process(_ db: isolated PostgresConnection, _ jobs: [Job], deletingPublished: [Int64] = []) throws
+        -> [JobOutcome]
+    {
+        var (now, processed) = try CallStore.nowAndProcessed(
+            db, keys: jobs.filter { $0.request.type.isMutation }.map(\.idempotencyKey))
+        var calls = try BatchCalls(db, jobs.filter { !($0.request.type.isMutation && processed[$0.idempotencyKey] != nil) })
         var outcomes: [JobOutcome] = []
         outcomes.reserveCapacity(jobs.count)
         var records: [ProcessedRequest] = []
@@ -48,7 +55,7 @@ enum RequestProcessor {
             }
             let outcome: JobOutcome
             do {
-                outcome = try apply(db, job, at: now)
+                outcome = try apply(db, job, at: now, calls: &calls)
             } catch let error as StoredValueError {
                 // Nothing was written for this request; it is answered, not retried forever.
                 Logger(label: "ringing.call-control").error(
@@ -60,6 +67,7 @@ enum RequestProcessor {
             // Any request naming a call keeps the user's participation live (DESIGN §10).
             if let session = job.request.command.sessionID, needsTouch(outcome.call, job.user.uid, at: now) {
                 try CallStore.touch(db, session, job.user.uid, at: now)
+                calls.touched(session, job.user.uid, at: now)
             }
             if job.request.type.isMutation {
                 let record = ProcessedRequest(
@@ -70,8 +78,8 @@ enum RequestProcessor {
             }
             outcomes.append(outcome)
         }
-        try CallStore.recordProcessed(db, records)
-        var stored = try CallStore.insertOutbox(db, outcomes.flatMap(\.outbox))[...]
+        var stored = try CallStore.finishBatch(
+            db, deletingPublished: deletingPublished, records: records, outbox: outcomes.flatMap(\.outbox))[...]
         for index in outcomes.indices where !outcomes[index].outbox.isEmpty {
             let count = outcomes[index].outbox.count
             outcomes[index].outbox = Array(stored.prefix(count))
@@ -106,7 +114,9 @@ enum RequestProcessor {
         JobOutcome(reply: WireReply.error(error).encoded(), outbox: [], code: error.code.rawValue, sessionID: sessionID)
     }
 
-    private static func apply(_ db: isolated PostgresConnection, _ job: Job, at now: Date) throws -> JobOutcome {
+    private static func apply(_ db: isolated PostgresConnection, _ job: Job, at now: Date, calls: inout BatchCalls) throws
+        -> JobOutcome
+    {
         let actor = job.user.uid
         switch job.request.command {
         case .initiate(let request):
@@ -116,7 +126,7 @@ enum RequestProcessor {
             switch request.receiverType {
             case .user:
                 if request.receiverID != actor {
-                    try CallStore.lockPair(db, actor, request.receiverID)
+                    try calls.lockPair(db, actor, request.receiverID)
                     glare = try CallStore.lockRingingCall(db, from: request.receiverID, to: actor)
                 }
                 involved.append(request.receiverID)
@@ -129,37 +139,40 @@ enum RequestProcessor {
                 groupMembers: members)
             let decision = CallRules.initiate(request, by: actor, at: now, context: context)
             let previous = glare.flatMap { $0.sessionID == decision.call.sessionID ? $0 : nil }
-            return try commit(db, decision, previous: previous, isNew: previous == nil, job: job)
+            return try commit(db, decision, previous: previous, isNew: previous == nil, job: job, calls: &calls)
 
         case .accept(let id, let device):
-            guard let call = try CallStore.lockCall(db, id) else { return notFound(id) }
+            guard let call = try calls.locked(db, id) else { return notFound(id) }
             return try commit(
-                db, CallRules.accept(call, by: actor, deviceID: device, at: now), previous: call, isNew: false, job: job)
+                db, CallRules.accept(call, by: actor, deviceID: device, at: now), previous: call, isNew: false, job: job,
+                calls: &calls)
 
         case .reject(let id, let status, let device):
-            guard let call = try CallStore.lockCall(db, id) else { return notFound(id) }
+            guard let call = try calls.locked(db, id) else { return notFound(id) }
             return try commit(
                 db, CallRules.reject(call, status: status, by: actor, deviceID: device, at: now), previous: call, isNew: false,
-                job: job)
+                job: job, calls: &calls)
 
         case .end(let id, let device):
-            guard let call = try CallStore.lockCall(db, id) else { return notFound(id) }
+            guard let call = try calls.locked(db, id) else { return notFound(id) }
             return try commit(
-                db, CallRules.end(call, by: actor, deviceID: device, at: now), previous: call, isNew: false, job: job)
+                db, CallRules.end(call, by: actor, deviceID: device, at: now), previous: call, isNew: false, job: job,
+                calls: &calls)
 
         case .ringing(let id, let device):
-            guard let call = try CallStore.lockCall(db, id) else { return notFound(id) }
+            guard let call = try calls.locked(db, id) else { return notFound(id) }
             return try commit(
                 db, CallRules.ringReceipt(call, by: actor, deviceID: device, at: now), previous: call, isNew: false, job: job,
-                reply: .ok)
+                calls: &calls, reply: .ok)
 
         case .heartbeat(let id, _):
-            guard let call = try CallStore.lockCall(db, id) else { return notFound(id) }
+            guard let call = try calls.locked(db, id) else { return notFound(id) }
             return try commit(
-                db, CallRules.heartbeat(call, by: actor, at: now), previous: call, isNew: false, job: job, reply: .ok)
+                db, CallRules.heartbeat(call, by: actor, at: now), previous: call, isNew: false, job: job, calls: &calls,
+                reply: .ok)
 
         case .get(let id):
-            guard let call = try CallStore.loadCall(db, id) else { return notFound(id) }
+            guard let call = try calls.read(db, id) else { return notFound(id) }
             if let error = CallRules.authorizeRead(call, by: actor) { return failure(error, sessionID: id) }
             return JobOutcome(reply: WireReply.call(call).encoded(), outbox: [], code: "ok", sessionID: id)
 
@@ -200,13 +213,14 @@ enum RequestProcessor {
     /// `reply` is the success reply: the call, unless the request type answers just ok.
     private static func commit(
         _ db: isolated PostgresConnection, _ decision: CallDecision, previous: CallSession?, isNew: Bool,
-        job: Job, reply success: WireReply? = nil
+        job: Job, calls: inout BatchCalls, reply success: WireReply? = nil
     ) throws -> JobOutcome {
         var outbox: [OutboxMessage] = []
         // The call is encoded once for its events, notifications and the reply.
         var encoded = EncodedCalls()
         if decision.changed {
             try CallStore.save(db, decision.call, previous: isNew ? nil : previous)
+            calls.saved(decision.call)
             outbox = try messages(for: decision, traceparent: job.traceparent, calls: &encoded)  // written with the batch's
         }
         let reply: Data

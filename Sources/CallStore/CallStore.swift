@@ -60,26 +60,34 @@ public enum CallStore {
         try db.query("SELECT clock_timestamp()")[0].decode(Date.self, at: 0)
     }
 
-    /// The requests of `keys` already applied, by (`sub`, `message_id`): the idempotency key
-    /// of DESIGN §2, so the same `message_id` from two users is two requests.
-    public static func processed(_ db: isolated PostgresConnection, keys: [IdempotencyKey]) throws -> [IdempotencyKey:
-        ProcessedRequest]
-    {
-        guard !keys.isEmpty else { return [:] }
+    /// The database's clock and the requests of `keys` already applied, in one statement: a
+    /// batch's first read.
+    public static func nowAndProcessed(_ db: isolated PostgresConnection, keys: [IdempotencyKey]) throws -> (
+        now: Date, processed: [IdempotencyKey: ProcessedRequest]
+    ) {
         let wanted = Set(keys)
+        var now: Date?
         var result: [IdempotencyKey: ProcessedRequest] = [:]
+        // The clock sits in a subquery of its own so that it is read once, whatever the rows.
         for row in try db.query(
             """
-            SELECT message_id, request_type, actor, reply FROM processed_requests
-            WHERE message_id = ANY(\(keys.map(\.messageID))) AND actor = ANY(\(Array(Set(keys.map(\.actor)))))
+            SELECT t.now, r.message_id, r.request_type, r.actor, r.reply
+            FROM (SELECT clock_timestamp() AS now) AS t
+            LEFT JOIN processed_requests r
+                ON r.message_id = ANY(\(keys.map(\.messageID))) AND r.actor = ANY(\(Array(Set(keys.map(\.actor)))))
             """)
         {
-            let (id, type, actor, reply) = try row.decodeColumns((String, String, String, String).self)
+            if now == nil { now = try row.decode(Date.self, at: 0) }
+            guard let id = try row.decode(String?.self, at: 1) else { continue }
+            let (type, actor, reply) = try (
+                row.decode(String.self, at: 2), row.decode(String.self, at: 3), row.decode(String.self, at: 4)
+            )
             let key = IdempotencyKey(actor: actor, messageID: id)
             guard wanted.contains(key) else { continue }
             result[key] = ProcessedRequest(messageID: id, type: type, actor: actor, reply: reply)
         }
-        return result
+        guard let now else { throw PostgresError(.decoding, "the clock query returned no row") }
+        return (now, result)
     }
 
     public static func recordProcessed(_ db: isolated PostgresConnection, _ request: ProcessedRequest) throws {
@@ -139,6 +147,22 @@ public enum CallStore {
     public static func lockPair(_ db: isolated PostgresConnection, _ a: String, _ b: String) throws {
         let key = a < b ? "\(a)|\(b)" : "\(b)|\(a)"
         try db.query("SELECT pg_advisory_xact_lock(hashtextextended(\(key), 0))")
+    }
+
+    /// Takes the pair locks of a batch's 1:1 initiates in one statement, each key once and in
+    /// one order (the keys of `lockPair`, so instances interlock whichever they run).
+    public static func lockPairs(_ db: isolated PostgresConnection, _ pairs: [(String, String)]) throws {
+        let keys = Set(pairs.map { a, b in a < b ? "\(a)|\(b)" : "\(b)|\(a)" }).sorted()
+        guard !keys.isEmpty else { return }
+        try db.query("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(\(keys)::text[]) AS k")
+    }
+
+    /// Takes the row locks of `ids` in one statement, in session_id order (the sort runs
+    /// before the locks are taken), until the transaction ends. Read the calls after it:
+    /// a statement that waited for a lock reads other rows from before the wait.
+    public static func lockCalls(_ db: isolated PostgresConnection, _ ids: [UUID]) throws {
+        guard !ids.isEmpty else { return }
+        try db.query("SELECT session_id FROM calls WHERE session_id = ANY(\(ids)) ORDER BY session_id FOR UPDATE")
     }
 
     public static func activeUsers(_ db: isolated PostgresConnection, among uids: [String]) throws -> Set<String> {
@@ -240,95 +264,101 @@ public enum CallStore {
             """)
     }
 
-    /// Writes a call created or changed by a decision.
+    /// Writes a call created or changed by a decision: one statement, the call row in a
+    /// data-modifying CTE and its participants in the main statement.
     public static func save(_ db: isolated PostgresConnection, _ call: CallSession, previous: CallSession?) throws {
-        let metadata = PostgresJSONB(
-            String(decoding: (try? JSONEncoder().encode(call.metadata)) ?? Data("{}".utf8), as: UTF8.self))
-        if previous == nil {
-            try db.query(
+        var query = PostgresQuery.StringInterpolation(literalCapacity: 900, interpolationCount: 16 + call.participants.count * 8)
+        /// One parameter, then `separator`.
+        func bind<T: PostgresEncodable>(_ value: T?, _ separator: String = ", ") {
+            query.appendInterpolation(value)
+            query.appendLiteral(separator)
+        }
+        guard let previous else {
+            query.appendLiteral(
                 """
-                INSERT INTO calls (session_id, initiator, receiver_id, receiver_type, call_type, status, initiated_at, expires_at,
-                                   answered_at, ended_at, duration_s, ended_by, metadata, sequence, ring_pending, end_reason)
-                VALUES (\(call.sessionID), \(call.initiator), \(call.receiverID), \(call.receiverType.rawValue), \(call.callType.rawValue),
-                        \(call.status.rawValue), \(call.initiatedAt), \(call.expiresAt), \(call.answeredAt), \(call.endedAt),
-                        \(call.durationSeconds), \(call.endedBy), \(metadata), \(call.sequence), \(call.ringPending),
-                        \(call.endReason?.rawValue))
+                WITH c AS (INSERT INTO calls (session_id, initiator, receiver_id, receiver_type, call_type, status, initiated_at,
+                    expires_at, answered_at, ended_at, duration_s, ended_by, metadata, sequence, ring_pending, end_reason)
+                VALUES (
                 """)
-            var insert = PostgresQuery.StringInterpolation(literalCapacity: 200, interpolationCount: call.participants.count * 8)
-            insert.appendLiteral(
+            bind(call.sessionID)
+            bind(call.initiator)
+            bind(call.receiverID)
+            bind(call.receiverType.rawValue)
+            bind(call.callType.rawValue)
+            bind(call.status.rawValue)
+            bind(call.initiatedAt)
+            bind(call.expiresAt)
+            bind(call.answeredAt)
+            bind(call.endedAt)
+            bind(call.durationSeconds)
+            bind(call.endedBy)
+            bind(
+                PostgresJSONB(String(decoding: (try? JSONEncoder().encode(call.metadata)) ?? Data("{}".utf8), as: UTF8.self)))
+            bind(call.sequence)
+            bind(call.ringPending)
+            bind(call.endReason?.rawValue, "))\n")
+            query.appendLiteral(
                 "INSERT INTO call_participants (session_id, uid, role, status, joined_at, left_at, active, initiated_at) VALUES ")
             for (index, participant) in call.participants.enumerated() {
-                insert.appendLiteral(index == 0 ? "(" : ", (")
-                insert.appendInterpolation(call.sessionID)
-                insert.appendLiteral(", ")
-                insert.appendInterpolation(participant.uid)
-                insert.appendLiteral(", ")
-                insert.appendInterpolation(participant.role.rawValue)
-                insert.appendLiteral(", ")
-                insert.appendInterpolation(participant.status.rawValue)
-                insert.appendLiteral(", ")
-                insert.appendInterpolation(participant.joinedAt)
-                insert.appendLiteral(", ")
-                insert.appendInterpolation(participant.leftAt)
-                insert.appendLiteral(", ")
-                insert.appendInterpolation(participant.isActive(in: call.status))
-                insert.appendLiteral(", ")
-                insert.appendInterpolation(call.initiatedAt)
-                insert.appendLiteral(")")
+                query.appendLiteral(index == 0 ? "(" : ", (")
+                bind(call.sessionID)
+                bind(participant.uid)
+                bind(participant.role.rawValue)
+                bind(participant.status.rawValue)
+                bind(participant.joinedAt)
+                bind(participant.leftAt)
+                bind(participant.isActive(in: call.status))
+                bind(call.initiatedAt, ")")
             }
-            try db.query(PostgresQuery(stringInterpolation: insert))
+            try db.query(PostgresQuery(stringInterpolation: query))
             return
         }
-        try db.query(
-            """
-            UPDATE calls SET status = \(call.status.rawValue), answered_at = \(call.answeredAt), ended_at = \(call.endedAt),
-                duration_s = \(call.durationSeconds), ended_by = \(call.endedBy), sequence = \(call.sequence), ring_pending = \(call.ringPending),
-                end_reason = \(call.endReason?.rawValue)
-            WHERE session_id = \(call.sessionID)
-            """)
         let before = Dictionary(
-            uniqueKeysWithValues: previous!.participants.map { ($0.uid, ($0, $0.isActive(in: previous!.status))) })
+            uniqueKeysWithValues: previous.participants.map { ($0.uid, ($0, $0.isActive(in: previous.status))) })
         let changed = call.participants.filter { participant in
             guard let (old, wasActive) = before[participant.uid] else { return true }
             return old != participant || wasActive != participant.isActive(in: call.status)
         }
-        guard !changed.isEmpty else { return }
-        // One statement for every changed participant (each uid once, so the one-active-call
-        // index cannot see two rows of one user here).
-        var update = PostgresQuery.StringInterpolation(literalCapacity: 400, interpolationCount: changed.count * 7 + 1)
-        update.appendLiteral(
-            """
-            UPDATE call_participants p SET status = v.status, joined_at = v.joined_at, left_at = v.left_at, active = v.active,
-                rang_at = v.rang_at, left_reason = v.left_reason, last_seen_at = v.last_seen_at
-            FROM (VALUES\u{20}
-            """)
-        for (index, participant) in changed.enumerated() {
-            update.appendLiteral(index == 0 ? "(" : ", (")
-            update.appendInterpolation(participant.uid)
-            update.appendLiteral("::text, ")
-            update.appendInterpolation(participant.status.rawValue)
-            update.appendLiteral("::text, ")
-            update.appendInterpolation(participant.joinedAt)
-            update.appendLiteral("::timestamptz, ")
-            update.appendInterpolation(participant.leftAt)
-            update.appendLiteral("::timestamptz, ")
-            update.appendInterpolation(participant.isActive(in: call.status))
-            update.appendLiteral("::bool, ")
-            update.appendInterpolation(participant.rangAt)
-            update.appendLiteral("::timestamptz, ")
-            update.appendInterpolation(participant.leftReason?.rawValue)
-            update.appendLiteral("::text, ")
-            update.appendInterpolation(participant.lastSeenAt)
-            update.appendLiteral("::timestamptz)")
+        // The changed participants go in the same statement (each uid once, so the
+        // one-active-call index cannot see two rows of one user here).
+        query.appendLiteral(changed.isEmpty ? "" : "WITH c AS (")
+        query.appendLiteral(
+            "UPDATE calls SET (status, answered_at, ended_at, duration_s, ended_by, sequence, ring_pending, end_reason) = (")
+        bind(call.status.rawValue)
+        bind(call.answeredAt)
+        bind(call.endedAt)
+        bind(call.durationSeconds)
+        bind(call.endedBy)
+        bind(call.sequence)
+        bind(call.ringPending)
+        bind(call.endReason?.rawValue, ") WHERE session_id = ")
+        bind(call.sessionID, "")
+        if !changed.isEmpty {
+            query.appendLiteral(
+                """
+                )
+                UPDATE call_participants p SET status = v.status, joined_at = v.joined_at, left_at = v.left_at, active = v.active,
+                    rang_at = v.rang_at, left_reason = v.left_reason, last_seen_at = v.last_seen_at
+                FROM (VALUES\u{20}
+                """)
+            for (index, participant) in changed.enumerated() {
+                query.appendLiteral(index == 0 ? "(" : ", (")
+                bind(participant.uid, "::text, ")
+                bind(participant.status.rawValue, "::text, ")
+                bind(participant.joinedAt, "::timestamptz, ")
+                bind(participant.leftAt, "::timestamptz, ")
+                bind(participant.isActive(in: call.status), "::bool, ")
+                bind(participant.rangAt, "::timestamptz, ")
+                bind(participant.leftReason?.rawValue, "::text, ")
+                bind(participant.lastSeenAt, "::timestamptz)")
+            }
+            query.appendLiteral(
+                ") AS v(uid, status, joined_at, left_at, active, rang_at, left_reason, last_seen_at) WHERE p.session_id = ")
+            bind(call.sessionID, " AND p.uid = v.uid")
         }
-        update.appendLiteral(
-            ") AS v(uid, status, joined_at, left_at, active, rang_at, left_reason, last_seen_at) WHERE p.session_id = ")
-        update.appendInterpolation(call.sessionID)
-        update.appendLiteral(" AND p.uid = v.uid")
-        try db.query(PostgresQuery(stringInterpolation: update))
+        try db.query(PostgresQuery(stringInterpolation: query))
     }
 
-    /// The calls a user took part in, newest first, one page.
     public static func history(_ db: isolated PostgresConnection, of uid: String, _ query: HistoryQuery) throws -> (
         calls: [CallSession], next: HistoryCursor?
     ) {
@@ -386,10 +416,24 @@ public enum CallStore {
     /// Writes messages to the outbox in one statement (whatever their number: one SQL text,
     /// prepared once); returns them with their ids.
     public static func insertOutbox(_ db: isolated PostgresConnection, _ messages: [OutboxMessage]) throws -> [OutboxMessage] {
-        guard !messages.isEmpty else { return [] }
+        try finishBatch(db, deletingPublished: [], records: [], outbox: messages)
+    }
+
+    /// A batch's last write, one statement: removes the outbox rows earlier batches published
+    /// (`published`), records the replies for idempotency and writes the outbox messages,
+    /// returned with their ids.
+    public static func finishBatch(
+        _ db: isolated PostgresConnection, deletingPublished published: [Int64], records: [ProcessedRequest],
+        outbox messages: [OutboxMessage]
+    ) throws -> [OutboxMessage] {
+        guard !published.isEmpty || !records.isEmpty || !messages.isEmpty else { return [] }
         // The ids come from one sequence in the order of `n`: sorted, they match the messages.
         let ids = try db.query(
             """
+            WITH gone AS (DELETE FROM outbox WHERE id = ANY(\(published.map { Int($0) }))),
+            done AS (INSERT INTO processed_requests (message_id, request_type, actor, reply)
+                SELECT * FROM unnest(\(records.map(\.messageID))::text[], \(records.map(\.type))::text[],
+                                     \(records.map(\.actor))::text[], \(records.map(\.reply))::text[]))
             INSERT INTO outbox (exchange, routing_key, message_id, traceparent, body)
             SELECT e, k, m, nullif(t, ''), b
             FROM unnest(\(messages.map(\.exchange))::text[], \(messages.map(\.routingKey))::text[],
