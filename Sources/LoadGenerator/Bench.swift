@@ -77,7 +77,9 @@ public final class Bench: Sendable {
         let auth = try await AuthTokens(secret: authSecret)
         try await removeEarlierBenchCalls()
         var floorResult: PhaseResult?
+        var physicalFloorResult: PhaseResult?
         var phases: [PhaseResult] = []
+        let statements = StatementCounter(database: database, logger: logger)
         if configuration.phases.contains(.floor) {
             progress("floor: starting the floor program (\(configuration.floorWorkers) workers)")
             try await floor.start()
@@ -85,7 +87,14 @@ public final class Bench: Sendable {
                 floorResult = try await withBroker(route: Floor.route, prefix: "bench-\(runID)-f") { broker in
                     try await PhaseRunner.run(
                         plan("floor", .max(concurrency: configuration.concurrency)), driver: FloorFlows(broker: broker),
-                        pairs: PairPool(prefix: "bench-\(runID)-f", auth: auth), progress: progress)
+                        pairs: PairPool(prefix: "bench-\(runID)-f", auth: auth), statements: statements, progress: progress)
+                }
+                try await settle()
+                physicalFloorResult = try await withBroker(route: PhysicalFloor.route, prefix: "bench-\(runID)-p") { broker in
+                    try await PhaseRunner.run(
+                        plan("floor-physical", .max(concurrency: configuration.concurrency)),
+                        driver: FloorFlows(broker: broker), pairs: PairPool(prefix: "bench-\(runID)-p", auth: auth),
+                        statements: statements, progress: progress)
                 }
             } catch {
                 await floor.stop()
@@ -111,13 +120,15 @@ public final class Bench: Sendable {
                     let pairs = PairPool(prefix: "bench-\(runID)-\(phases.count)", auth: auth)
                     try await pairs.prefill(configuration.concurrency)
                     phases.append(
-                        try await PhaseRunner.run(plan(name, load), driver: driver, pairs: pairs, progress: progress))
+                        try await PhaseRunner.run(
+                            plan(name, load), driver: driver, pairs: pairs, statements: statements, progress: progress))
                 }
                 return phases
             }
         }
         return BenchReport(
-            command: command, machine: MachineInfo.current(), configuration: configuration, floor: floorResult, phases: phases)
+            command: command, machine: MachineInfo.current(), configuration: configuration, floor: floorResult,
+            physicalFloor: physicalFloorResult, phases: phases)
     }
 
     /// A pause between phases, so that what one phase set off (autovacuum after its updates,

@@ -23,13 +23,13 @@ public struct BenchComparison: Sendable {
         return try decoder.decode(BenchReport.self, from: Data(contentsOf: url))
     }
 
-    /// Phases of both runs, by name, in the candidate's order (the floor first).
+    /// Phases of both runs, by name, in the candidate's order (the floors first).
     var phases: [(name: String, baseline: PhaseResult, candidate: PhaseResult)] {
-        let before = Dictionary(
-            ((baseline.floor.map { [$0] } ?? []) + baseline.phases).map { ($0.name, $0) }, uniquingKeysWith: { $1 })
-        return ((candidate.floor.map { [$0] } ?? []) + candidate.phases).compactMap { phase in
-            before[phase.name].map { (phase.name, $0, phase) }
+        func all(_ report: BenchReport) -> [PhaseResult] {
+            (report.floor.map { [$0] } ?? []) + (report.physicalFloor.map { [$0] } ?? []) + report.phases
         }
+        let before = Dictionary(all(baseline).map { ($0.name, $0) }, uniquingKeysWith: { $1 })
+        return all(candidate).compactMap { phase in before[phase.name].map { (phase.name, $0, phase) } }
     }
 
     /// CPU per request across the machine (every measured process), in ms.
@@ -40,18 +40,22 @@ public struct BenchComparison: Sendable {
     public var text: String {
         var lines = ["\(baselineLabel) → \(candidateLabel), same machine, one run after the other", ""]
         lines.append(
-            pad("phase", 14) + lpad("req/s", 18) + lpad("change", 9) + lpad("flows/s", 18) + lpad("CPU ms/req", 16) + "  errors")
+            pad("phase", 16) + lpad("req/s", 18) + lpad("change", 9) + lpad("flows/s", 18) + lpad("CPU ms/req", 16)
+                + lpad("stmts/req", 16) + "  errors")
         for (name, before, after) in phases {
             let ratio =
                 before.figures.requestsPerSecond > 0 ? after.figures.requestsPerSecond / before.figures.requestsPerSecond : 0
             let errors = before.figures.errors.values.reduce(0, +) + after.figures.errors.values.reduce(0, +)
+            let statements = [before, after].map { phase in
+                phase.figures.statementsPerRequest.map { String(format: "%.2f", $0) } ?? "-"
+            }
             lines.append(
-                pad(name, 14)
+                pad(name, 16)
                     + lpad(String(format: "%.0f → %.0f", before.figures.requestsPerSecond, after.figures.requestsPerSecond), 18)
                     + lpad(String(format: "%.2f×", ratio), 9)
                     + lpad(String(format: "%.1f → %.1f", before.figures.flowsPerSecond, after.figures.flowsPerSecond), 18)
                     + lpad(String(format: "%.2f → %.2f", Self.totalCPU(before), Self.totalCPU(after)), 16)
-                    + "  " + (errors == 0 ? "none" : "\(errors)"))
+                    + lpad("\(statements[0]) → \(statements[1])", 16) + "  " + (errors == 0 ? "none" : "\(errors)"))
         }
         lines.append("")
         lines.append("CPU per request by process, ms (\(baselineLabel) → \(candidateLabel)):")
@@ -64,7 +68,7 @@ public struct BenchComparison: Sendable {
                 let new = after.figures.cpu[process].map { String(format: "%.2f", $0.millisecondsPerRequest) } ?? "-"
                 return "\(process) \(old) → \(new)"
             }
-            lines.append("  " + pad(name, 14) + parts.joined(separator: ", "))
+            lines.append("  " + pad(name, 16) + parts.joined(separator: ", "))
         }
         lines.append("")
         lines.append(pad("latency p50 / p99 (ms)", 36) + lpad(baselineLabel, 20) + lpad(candidateLabel, 20))

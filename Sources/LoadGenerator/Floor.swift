@@ -20,13 +20,19 @@ public enum Floor {
     public static let route = BenchRoute(
         commandsExchange: commandsExchange, notificationsExchange: notificationsExchange, keepsNotifications: false)
 
-    static let topology = AMQPTopology(
-        exchanges: [
-            AMQPExchange(commandsExchange, kind: .topic), AMQPExchange(eventsExchange, kind: .topic),
-            AMQPExchange(notificationsExchange, kind: .topic),
-        ],
-        queues: [.quorum(queue, arguments: ["x-delivery-limit": .int64(5), "x-overflow": "reject-publish"])],
-        bindings: [AMQPBinding(queue: queue, exchange: commandsExchange, routingKey: "#")])
+    static let topology = topology(
+        commands: commandsExchange, events: eventsExchange, notifications: notificationsExchange, queue: queue)
+
+    /// A floor's broker objects: Ringing's kinds (topic exchanges, a quorum queue of requests).
+    static func topology(commands: String, events: String, notifications: String, queue: String) -> AMQPTopology {
+        AMQPTopology(
+            exchanges: [
+                AMQPExchange(commands, kind: .topic), AMQPExchange(events, kind: .topic),
+                AMQPExchange(notifications, kind: .topic),
+            ],
+            queues: [.quorum(queue, arguments: ["x-delivery-limit": .int64(5), "x-overflow": "reject-publish"])],
+            bindings: [AMQPBinding(queue: queue, exchange: commands, routingKey: "#")])
+    }
 
     /// Tables shaped like call-control's, with the same keys and indexes.
     static let schema = """
@@ -98,9 +104,30 @@ public enum Floor {
 
     /// Bodies of the published messages are padded to the size of Ringing's (a call object).
     static let padding = String(repeating: "x", count: 700)
+
+    /// An event or notification: persistent, confirmed, the size of Ringing's.
+    static func message(exchange: String, routingKey: String) -> AMQPMessage {
+        AMQPMessage(
+            exchange: exchange, routingKey: routingKey, body: Data(#"{"pad":"\#(Floor.padding)"}"#.utf8),
+            properties: AMQPProperties(
+                contentType: "application/json", deliveryMode: .persistent, messageID: UUID().uuidString, type: routingKey),
+            mandatory: false)
+    }
+
+    /// The reply to a request that asked for one.
+    static func replyMessage(_ delivery: AMQPDelivery, _ reply: String) -> [AMQPMessage] {
+        guard let replyTo = delivery.properties.replyTo else { return [] }
+        return [
+            AMQPMessage(
+                exchange: "", routingKey: replyTo, body: Data(reply.utf8),
+                properties: AMQPProperties(contentType: "application/json", correlationID: delivery.properties.correlationID),
+                mandatory: false)
+        ]
+    }
 }
 
-/// The floor program: `workers` consumers, each handling one request at a time.
+/// The floor program: `workers` consumers, each handling one request at a time, and the
+/// physical floor's consumers, each a batch at a time.
 public final class FloorWorker: Sendable {
     let amqp: AMQPURL
     let database: PostgresConfiguration
@@ -128,6 +155,7 @@ public final class FloorWorker: Sendable {
             group.addTask { await consuming.run() }
             defer { group.cancelAll() }
             try await publisher.declare(Floor.topology)
+            try await publisher.declare(PhysicalFloor.topology)
             try await pool.withConnection { db in
                 try await db.executeScript(Floor.schema)
                 try await db.executeScript(
@@ -139,6 +167,12 @@ public final class FloorWorker: Sendable {
                     for try await delivery in consumer {
                         try await self.handle(delivery, publisher: publisher, pool: pool)
                     }
+                }
+            }
+            for _ in 0..<PhysicalFloor.consumers {
+                let consumer = try await consuming.consume(queue: PhysicalFloor.queue, prefetch: PhysicalFloor.prefetch)
+                group.addTask {
+                    try await PhysicalFloor.serve(consumer, publisher: publisher, pool: pool, logger: self.logger)
                 }
             }
             ready()
@@ -178,15 +212,15 @@ public final class FloorWorker: Sendable {
                 }
             }
             for (exchange, routingKey) in outbox {
-                messages.append(Self.message(exchange: exchange, routingKey: routingKey))
+                messages.append(Floor.message(exchange: exchange, routingKey: routingKey))
             }
-            messages.append(contentsOf: replyMessage(delivery, reply))
+            messages.append(contentsOf: Floor.replyMessage(delivery, reply))
             try await publisher.publishAll(messages)
             _ = try await pool.query("DELETE FROM bench_floor_outbox WHERE id = ANY(\(ids))")
             delivery.ack()
             return
         }
-        try await publisher.publishAll(replyMessage(delivery, reply))
+        try await publisher.publishAll(Floor.replyMessage(delivery, reply))
         delivery.ack()
     }
 
@@ -264,23 +298,6 @@ public final class FloorWorker: Sendable {
         return ids
     }
 
-    private static func message(exchange: String, routingKey: String) -> AMQPMessage {
-        AMQPMessage(
-            exchange: exchange, routingKey: routingKey, body: Data(#"{"pad":"\#(Floor.padding)"}"#.utf8),
-            properties: AMQPProperties(
-                contentType: "application/json", deliveryMode: .persistent, messageID: UUID().uuidString, type: routingKey),
-            mandatory: false)
-    }
-
-    private func replyMessage(_ delivery: AMQPDelivery, _ reply: String) -> [AMQPMessage] {
-        guard let replyTo = delivery.properties.replyTo else { return [] }
-        return [
-            AMQPMessage(
-                exchange: "", routingKey: replyTo, body: Data(reply.utf8),
-                properties: AMQPProperties(contentType: "application/json", correlationID: delivery.properties.correlationID),
-                mandatory: false)
-        ]
-    }
 }
 
 /// The floor's flows: the same request sequence as Ringing's, each request waiting for its

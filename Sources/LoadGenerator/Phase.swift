@@ -40,6 +40,10 @@ public struct PhaseFigures: Codable, Sendable {
     public var errors: [String: Int]
     /// CPU of the co-located processes during the window (Linux; empty elsewhere).
     public var cpu: [String: CPUUsage] = [:]
+    /// SQL statements the database ran per request in the window, every client together
+    /// (pg_stat_statements; nil when it is not loaded). Each statement is one round trip:
+    /// the services send the next only when the last has answered.
+    public var statementsPerRequest: Double?
 
     enum CodingKeys: String, CodingKey {
         case windowSeconds = "window_s"
@@ -53,6 +57,7 @@ public struct PhaseFigures: Codable, Sendable {
         case requestReplyByType = "request_reply_by_type"
         case errors
         case cpu = "cpu_by_process"
+        case statementsPerRequest = "statements_per_request"
     }
 
     public init(
@@ -73,7 +78,7 @@ public struct PhaseFigures: Codable, Sendable {
         self.cpu = cpu
     }
 
-    /// Reports written before the CPU was part of the JSON read with none.
+    /// Reports written before the CPU or the statements were part of the JSON read with none.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.init(
@@ -86,6 +91,7 @@ public struct PhaseFigures: Codable, Sendable {
             requestReplyByType: try c.decode([String: LatencySummary].self, forKey: .requestReplyByType),
             errors: try c.decode([String: Int].self, forKey: .errors),
             cpu: try c.decodeIfPresent([String: CPUUsage].self, forKey: .cpu) ?? [:])
+        statementsPerRequest = try c.decodeIfPresent(Double.self, forKey: .statementsPerRequest)
     }
 }
 
@@ -106,7 +112,8 @@ public struct PhaseResult: Codable, Sendable {
 
 enum PhaseRunner {
     static func run(
-        _ plan: PhasePlan, driver: any FlowDriver, pairs: PairPool, progress: @escaping @Sendable (String) -> Void
+        _ plan: PhasePlan, driver: any FlowDriver, pairs: PairPool, statements: StatementCounter? = nil,
+        progress: @escaping @Sendable (String) -> Void
     ) async throws -> PhaseResult {
         let recorder = Recorder()
         let picker = FlowPicker(plan.mix)
@@ -131,8 +138,10 @@ enum PhaseRunner {
         let cpu = Task {
             try? await Task.sleep(until: measureFrom)
             let start = CPUSampler.snapshot()
+            let statementsBefore = await statements?.count()
             try? await Task.sleep(until: end)
-            return (start, CPUSampler.snapshot())
+            let statementsAfter = await statements?.count()
+            return (start, CPUSampler.snapshot(), statementsBefore, statementsAfter)
         }
 
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -169,9 +178,12 @@ enum PhaseRunner {
             try await group.waitForAll()
         }
         var figures = recorder.summary(seconds: plan.duration.seconds)
-        let (cpuStart, cpuEnd) = await cpu.value
+        let (cpuStart, cpuEnd, statementsBefore, statementsAfter) = await cpu.value
         figures.cpu = CPUSampler.usage(
             from: cpuStart, to: cpuEnd, seconds: plan.duration.seconds, requests: figures.requests)
+        if let statementsBefore, let statementsAfter, figures.requests > 0 {
+            figures.statementsPerRequest = StatementCounter.perRequest(statementsAfter - statementsBefore, figures.requests)
+        }
         switch plan.load {
         case .rate(let offered):
             return PhaseResult(name: plan.name, load: "rate", offeredRequestsPerSecond: offered, figures: figures)

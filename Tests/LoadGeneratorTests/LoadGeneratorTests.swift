@@ -148,6 +148,33 @@ import Testing
         #expect(report.text.contains("60%"))
     }
 
+    /// With the physical floor measured, the report judges issue 17's targets against it.
+    @Test func judgesAgainstThePhysicalFloorWhenItRan() throws {
+        var max = phase("ringing-max", "max", rps: 1500)
+        max.figures.cpu = [
+            "postgresql": CPUUsage(shareOfMachine: 0.4, millisecondsPerRequest: 0.6),
+            "rabbitmq": CPUUsage(shareOfMachine: 0.4, millisecondsPerRequest: 0.6),
+        ]
+        max.figures.statementsPerRequest = 2.25
+        let written = BenchReport(
+            command: "x", machine: MachineInfo.current(), configuration: BenchConfiguration(),
+            floor: phase("floor", "max", rps: 1000), physicalFloor: phase("floor-physical", "max", rps: 2000),
+            phases: [max, phase("ringing-1000", "rate", rps: 990, offered: 1000, ring: (8, 45), lateness: 200)])
+        let report = try JSONDecoder.iso8601.decode(BenchReport.self, from: written.json)
+        #expect(report.ringingToPhysicalFloorRatio == 0.75)
+        #expect(report.ringingToFloorRatio == 1.5)
+        let verdicts = Dictionary(uniqueKeysWithValues: report.targets.map { ($0.target, $0.met) })
+        #expect(verdicts["≥ 60%"] == true)
+        #expect(verdicts["≤ 1.1 ms"] == false, "1.2 ms of CPU per request")
+        #expect(verdicts["≤ 10 ms"] == true)
+        #expect(verdicts["≤ 40 ms"] == false)
+        #expect(verdicts["≤ 250 ms"] == true)
+        #expect(verdicts["≥ 50%"] == nil, "the logical floor is shown, not judged")
+        #expect(report.phases[0].figures.statementsPerRequest == 2.25)
+        #expect(report.text.contains("floor-physical"))
+        #expect(report.text.contains("2.25"), "statements per request: \(report.text)")
+    }
+
     /// Two runs written as JSON and read back side by side, the CPU of each process with them.
     @Test func twoReportsCompareSideBySide() throws {
         func report(_ rps: Double, cpu: Double) throws -> BenchReport {
@@ -169,6 +196,21 @@ import Testing
         #expect(text.contains("2.00 → 1.00"), "CPU per request across the machine: \(text)")
         #expect(text.contains("postgresql 1.50 → 0.50"))
         #expect(text.contains("ringing-max time_to_ring"))
+    }
+
+    /// Statements per request and the physical floor are compared too, when both runs have them.
+    @Test func statementsAndThePhysicalFloorCompare() {
+        func report(_ statements: Double) -> BenchReport {
+            var max = phase("ringing-max", "max", rps: 800)
+            max.figures.statementsPerRequest = statements
+            return BenchReport(
+                command: "x", machine: MachineInfo.current(), configuration: BenchConfiguration(), floor: nil,
+                physicalFloor: phase("floor-physical", "max", rps: 2500), phases: [max])
+        }
+        let text = BenchComparison(baselineLabel: "old", baseline: report(8.5), candidateLabel: "new", candidate: report(2.33))
+            .text
+        #expect(text.contains("8.50 → 2.33"), "\(text)")
+        #expect(text.contains("floor-physical"))
     }
 
     @Test func jsonRoundTrips() throws {
