@@ -60,31 +60,33 @@ public enum CallStore {
         try db.query("SELECT clock_timestamp()")[0].decode(Date.self, at: 0)
     }
 
-    /// The database's clock and the requests of `keys` already applied, in one statement: a
-    /// batch's first read.
+    /// The database's clock and the requests of `keys` already applied, by (`sub`,
+    /// `message_id`) (the idempotency key of DESIGN §2, so the same `message_id` from two
+    /// users is two requests), in one statement: a batch's first read. Each key is looked up
+    /// as a pair in the primary key (actor, message_id).
     public static func nowAndProcessed(_ db: isolated PostgresConnection, keys: [IdempotencyKey]) throws -> (
         now: Date, processed: [IdempotencyKey: ProcessedRequest]
     ) {
-        let wanted = Set(keys)
         var now: Date?
         var result: [IdempotencyKey: ProcessedRequest] = [:]
-        // The clock sits in a subquery of its own so that it is read once, whatever the rows.
         for row in try db.query(
             """
-            SELECT t.now, r.message_id, r.request_type, r.actor, r.reply
-            FROM (SELECT clock_timestamp() AS now) AS t
-            LEFT JOIN processed_requests r
-                ON r.message_id = ANY(\(keys.map(\.messageID))) AND r.actor = ANY(\(Array(Set(keys.map(\.actor)))))
+            SELECT clock_timestamp(), NULL, NULL, NULL, NULL
+            UNION ALL
+            SELECT NULL, r.message_id, r.request_type, r.actor, r.reply
+            FROM unnest(\(keys.map(\.actor))::text[], \(keys.map(\.messageID))::text[]) AS k(actor, message_id)
+            JOIN processed_requests r ON r.actor = k.actor AND r.message_id = k.message_id
             """)
         {
-            if now == nil { now = try row.decode(Date.self, at: 0) }
-            guard let id = try row.decode(String?.self, at: 1) else { continue }
+            guard let id = try row.decode(String?.self, at: 1) else {
+                now = try row.decode(Date.self, at: 0)
+                continue
+            }
             let (type, actor, reply) = try (
                 row.decode(String.self, at: 2), row.decode(String.self, at: 3), row.decode(String.self, at: 4)
             )
-            let key = IdempotencyKey(actor: actor, messageID: id)
-            guard wanted.contains(key) else { continue }
-            result[key] = ProcessedRequest(messageID: id, type: type, actor: actor, reply: reply)
+            result[IdempotencyKey(actor: actor, messageID: id)] = ProcessedRequest(
+                messageID: id, type: type, actor: actor, reply: reply)
         }
         guard let now else { throw PostgresError(.decoding, "the clock query returned no row") }
         return (now, result)
