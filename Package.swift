@@ -292,7 +292,7 @@ let package = Package(
         .executableTarget(
             name: "ringing-bench",
             dependencies: [
-                "LoadGenerator", "RingingAuth", "RingingService",
+                "AMQPClient", "LoadGenerator", "RingingAuth", "RingingService",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

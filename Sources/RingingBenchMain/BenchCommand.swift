@@ -1,5 +1,6 @@
 // ringing-bench: drives the seed flows against the running services and reports throughput
 // and latencies beside the floor of this machine (see BENCHMARKS.md).
+import AMQPClient
 import ArgumentParser
 import Foundation
 import LoadGenerator
@@ -18,7 +19,7 @@ struct BenchCommand: AsyncParsableCommand {
             Ringing as fast as it answers, and Ringing at a fixed offered rate. Needs call-control and \
             token-service running (scripts/up) with the same RINGING_AUTH_SECRET.
             """,
-        subcommands: [Run.self, GatewayPhase.self, PushPhase.self, Compare.self, FloorWorkerCommand.self],
+        subcommands: [Run.self, GatewayPhase.self, PushPhase.self, Compare.self, FloorWorkerCommand.self, DeleteQueues.self],
         defaultSubcommand: Run.self)
 }
 
@@ -294,6 +295,34 @@ struct PushPhase: AsyncParsableCommand {
             FileHandle.standardError.write(Data("ringing-bench push: \(error)\n".utf8))
             throw ExitCode.failure
         }
+    }
+}
+
+/// Internal: removes queues that would take a copy of every message the bench sends (the test
+/// suite's capture queues, which expire 5 minutes after the tests; in `--compare`, queues of
+/// services the baseline does not have), so that the broker does not spend the run on them.
+struct DeleteQueues: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "delete-queues", abstract: "Delete the named queues (used by scripts/bench).", shouldDisplay: false)
+
+    @Argument(help: "Queue names.")
+    var queues: [String] = []
+
+    func run() async throws {
+        RingingLogging.bootstrap(default: .warning)
+        guard !queues.isEmpty else { return }
+        let connection = AMQPConnection(
+            configuration: AMQPConfiguration(
+                url: try Environment().amqpURL(account: "admin"), connectionName: "ringing-bench delete"),
+            logger: Logger(label: "ringing-bench"))
+        let loop = Task { await connection.run() }
+        defer { loop.cancel() }
+        var dropped = 0
+        for queue in queues {
+            let messages = try await connection.deleteQueue(queue)
+            dropped += Int(messages)
+        }
+        FileHandle.standardError.write(Data("bench: deleted \(queues.count) queues holding \(dropped) messages\n".utf8))
     }
 }
 
