@@ -36,7 +36,7 @@ struct BatchCalls {
             }
         }
         try CallStore.lockPairs(db, pairs)
-        lockedPairs = Set(pairs.map(Self.pairKey))
+        lockedPairs = Set(pairs.map(CallStore.pairLockKey))
         try CallStore.lockCalls(db, Array(toLock))
         locked = toLock
         let ids = Array(toLock.union(toRead))
@@ -48,11 +48,9 @@ struct BatchCalls {
         }
     }
 
-    private static func pairKey(_ a: String, _ b: String) -> String { a < b ? "\(a)|\(b)" : "\(b)|\(a)" }
-
     /// Serialises initiates between two users, unless the batch already holds their lock.
     mutating func lockPair(_ db: isolated PostgresConnection, _ a: String, _ b: String) throws {
-        guard lockedPairs.insert(Self.pairKey(a, b)).inserted else { return }
+        guard lockedPairs.insert(CallStore.pairLockKey(a, b)).inserted else { return }
         try CallStore.lockPair(db, a, b)
     }
 

@@ -147,14 +147,16 @@ public enum CallStore {
     /// Serialises initiates between the same two users (in either direction), so that glare
     /// is seen even when both press call at the same moment.
     public static func lockPair(_ db: isolated PostgresConnection, _ a: String, _ b: String) throws {
-        let key = a < b ? "\(a)|\(b)" : "\(b)|\(a)"
-        try db.query("SELECT pg_advisory_xact_lock(hashtextextended(\(key), 0))")
+        try db.query("SELECT pg_advisory_xact_lock(hashtextextended(\(pairLockKey(a, b)), 0))")
     }
+
+    /// The advisory lock key of two users, the same in either direction.
+    public static func pairLockKey(_ a: String, _ b: String) -> String { a < b ? "\(a)|\(b)" : "\(b)|\(a)" }
 
     /// Takes the pair locks of a batch's 1:1 initiates in one statement, each key once and in
     /// one order (the keys of `lockPair`, so instances interlock whichever they run).
     public static func lockPairs(_ db: isolated PostgresConnection, _ pairs: [(String, String)]) throws {
-        let keys = Set(pairs.map { a, b in a < b ? "\(a)|\(b)" : "\(b)|\(a)" }).sorted()
+        let keys = Set(pairs.map(pairLockKey)).sorted()
         guard !keys.isEmpty else { return }
         try db.query("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(\(keys)::text[]) AS k")
     }

@@ -172,7 +172,7 @@ public final class FloorWorker: Sendable {
             for _ in 0..<PhysicalFloor.consumers {
                 let consumer = try await consuming.consume(queue: PhysicalFloor.queue, prefetch: PhysicalFloor.prefetch)
                 group.addTask {
-                    try await PhysicalFloor.serve(consumer, publisher: publisher, pool: pool, logger: self.logger)
+                    try await PhysicalFloor.serve(consumer, publisher: publisher, pool: pool)
                 }
             }
             ready()

@@ -6,7 +6,6 @@
 // call-control could reach on this machine; Ringing's targets are set against it.
 import AMQPClient
 import Foundation
-import Logging
 import PostgresClient
 import RingingContract
 
@@ -37,7 +36,7 @@ public enum PhysicalFloor {
     /// Serves one consumer: a batch at a time, its outbox rows deleted in the next batch's
     /// transaction (as call-control does).
     static func serve(
-        _ consumer: AMQPConsumer, publisher: AMQPConnection, pool: PostgresPool, logger: Logger
+        _ consumer: AMQPConsumer, publisher: AMQPConnection, pool: PostgresPool
     ) async throws {
         var published: [Int] = []
         while let batch = try await consumer.nextBatch(max: batchSize) {
