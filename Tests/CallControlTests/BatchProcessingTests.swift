@@ -53,7 +53,7 @@ import Testing
     /// participants' statuses.
     static func summary(_ db: PostgresConnection, _ outcomes: [JobOutcome], _ cast: Cast) async throws -> [String] {
         func anonymous(_ text: String) -> String { text.replacingOccurrences(of: "-\(cast.tag)", with: "") }
-        var lines = outcomes.map { outcome in
+        let lines = outcomes.map { outcome in
             "\(outcome.code): " + outcome.outbox.map { anonymous($0.routingKey) }.joined(separator: " ")
         }
         let sessions = Set(outcomes.compactMap(\.sessionID))
