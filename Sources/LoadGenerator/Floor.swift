@@ -304,6 +304,9 @@ public final class FloorWorker: Sendable {
 /// reply, without notifications to wait for (there is no logic to produce them).
 struct FloorFlows: FlowDriver {
     let broker: BenchBroker
+    /// As in `RingingFlows`: a comparison without ring receipts leaves them out of the floors too,
+    /// so that both sides of a ratio carry the same requests.
+    var ringReceipts = true
 
     func run(_ kind: FlowKind, _ pair: Pair, recorder: Recorder, release: @Sendable () -> Void) async -> Bool {
         defer { release() }
@@ -313,7 +316,7 @@ struct FloorFlows: FlowDriver {
             _ = try await broker.send(.initiate, body + "}", recorder: recorder)
             switch kind {
             case .answered:
-                _ = try await broker.send(.ringing, body + "}", recorder: recorder)
+                if ringReceipts { _ = try await broker.send(.ringing, body + "}", recorder: recorder) }
                 _ = try await broker.send(.accept, body + "}", recorder: recorder)
                 async let callerToken = broker.send(.generateToken, body + "}", recorder: recorder)
                 async let receiverToken = broker.send(.generateToken, body + "}", recorder: recorder)

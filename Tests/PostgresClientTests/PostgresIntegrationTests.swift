@@ -64,6 +64,26 @@ import Testing
         await connection.close()
     }
 
+    @Test func preparedStatementsRunOnTheirGenericPlan() async throws {
+        let connection = try await PostgresConnection.connect(configuration: configuration)
+        let keys = ["a", "b"]
+        for _ in 1...3 {
+            _ = try await connection.query("SELECT k FROM unnest(\(keys)::text[]) AS k WHERE k = ANY(\(keys))")
+        }
+        let plans = try await connection.query(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE 'SELECT k FROM unnest%'")
+        #expect(plans.count == 1)
+        #expect(try plans.first?.decode(Int.self, at: 0) == 3)
+        #expect(try plans.first?.decode(Int.self, at: 1) == 0)
+
+        var auto = configuration
+        auto.planCacheMode = .auto
+        let planned = try await PostgresConnection.connect(configuration: auto)
+        #expect(try await planned.query("SHOW plan_cache_mode")[0].decode(String.self, at: 0) == "auto")
+        await planned.close()
+        await connection.close()
+    }
+
     @Test func aStatementInvalidatedByASchemaChangeIsPreparedAfresh() async throws {
         let pool = PostgresPool(configuration: configuration, size: 1)
         try await withTable(pool) { table in

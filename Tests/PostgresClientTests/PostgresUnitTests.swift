@@ -29,11 +29,23 @@ import Testing
         #expect(!off.libpqParameters.contains { $0.0 == "prepared_statements" })
     }
 
+    @Test func genericPlansUnlessTheURLSaysOtherwise() throws {
+        func options(_ url: String) throws -> String? {
+            try PostgresConfiguration(url: url).libpqParameters.first { $0.0 == "options" }?.1
+        }
+        #expect(try options("postgres://h/db")?.hasSuffix("-c plan_cache_mode=force_generic_plan") == true)
+        #expect(try options("postgres://h/db?plan_cache_mode=auto")?.hasSuffix("-c plan_cache_mode=auto") == true)
+        #expect(try !PostgresConfiguration(url: "postgres://h/db?plan_cache_mode=auto").libpqParameters.contains {
+            $0.0 == "plan_cache_mode"
+        })
+    }
+
     @Test(arguments: [
         ("mysql://x", "scheme 'mysql'"),
         ("postgres://h:0/db", "port 0"),
         ("postgres://h/db?connect_timeout=x", "'connect_timeout'"),
         ("postgres://h/db?prepared_statements=maybe", "'prepared_statements'"),
+        ("postgres://h/db?plan_cache_mode=sometimes", "'plan_cache_mode' must be one of auto, force_generic_plan"),
         ("not a url at all", "not a URL"),
     ])
     func rejectsBadURLsNamingThePart(input: String, expected: String) {
