@@ -1,6 +1,7 @@
 // The calls a batch works on, read once at its start and kept current in memory as its
 // decisions write them: each request then costs its decision's one write, not a lock and a
-// read of its own.
+// read of its own. For its 1:1 initiates the batch also holds, from the start, the calls
+// still ringing between each pair (glare) and the calls their users are active in (busy).
 import CallRules
 import CallStore
 import Foundation
@@ -14,6 +15,16 @@ struct BatchCalls {
     /// The ids whose row lock this transaction holds.
     private var locked: Set<UUID> = []
     private var lockedPairs: Set<String> = []
+    /// The pairs whose ringing calls were all locked and read at the start: with their pair
+    /// lock held, no other transaction can add one, so `calls` holds every one of them.
+    private var glareKnown: Set<String> = []
+    /// For the users in `activeKnown`, the call each is active in: as read at the start, then
+    /// kept current from the batch's own writes (a user's participation changes only through
+    /// `saved`). A concurrent transaction can still make one of them active meanwhile, as it
+    /// could between two statements: the one-active-call index then fails the commit and the
+    /// batch is applied again one request at a time.
+    private var activeSessions: [String: UUID] = [:]
+    private var activeKnown: Set<String> = []
 
     /// Takes the batch's locks (pair locks, then row locks, each in one order, so two
     /// instances' batches cannot deadlock on them), then reads the calls in one statement.
@@ -21,12 +32,14 @@ struct BatchCalls {
     /// then answers `unavailable` alone, as it would without the batch read.
     init(_ db: isolated PostgresConnection, _ jobs: [Job]) throws {
         var pairs: [(String, String)] = []
+        var users: Set<String> = []
         var toLock: Set<UUID> = []
         var toRead: Set<UUID> = []
         for job in jobs {
             switch job.request.command {
-            case .initiate(let request) where request.receiverType == .user && request.receiverID != job.user.uid:
-                pairs.append((job.user.uid, request.receiverID))
+            case .initiate(let request) where request.receiverType == .user:
+                users.formUnion([job.user.uid, request.receiverID])
+                if request.receiverID != job.user.uid { pairs.append((job.user.uid, request.receiverID)) }
             case .accept(let id, _), .reject(let id, _, _), .end(let id, _), .ringing(let id, _), .heartbeat(let id, _):
                 toLock.insert(id)
             case .get(let id):
@@ -37,15 +50,47 @@ struct BatchCalls {
         }
         try CallStore.lockPairs(db, pairs)
         lockedPairs = Set(pairs.map(CallStore.pairLockKey))
-        try CallStore.lockCalls(db, Array(toLock))
-        locked = toLock
-        let ids = Array(toLock.union(toRead))
+        let lockedIDs = try CallStore.lockCalls(db, Array(toLock), ringingBetween: pairs)
+        locked = toLock.union(lockedIDs)
+        let ids = Array(locked.union(toRead))
         do {
             let found = try CallStore.readCalls(db, ids)
             for id in ids { calls[id] = .some(found[id]) }
         } catch is StoredValueError {
             locked = []
+            return
         }
+        glareKnown = lockedPairs
+        activeSessions = try CallStore.activeCalls(db, of: users.sorted())
+        activeKnown = users
+    }
+
+    /// The newest 1:1 call `initiator` is ringing `receiver` with, under its row lock: from
+    /// memory when the batch locked the pair's ringing calls at the start, otherwise looked up
+    /// (and locked) now. Take the pair's lock first.
+    mutating func ringingCall(_ db: isolated PostgresConnection, from initiator: String, to receiver: String) throws
+        -> CallSession?
+    {
+        guard glareKnown.contains(CallStore.pairLockKey(initiator, receiver)) else {
+            let call = try CallStore.lockRingingCall(db, from: initiator, to: receiver)
+            if let call {
+                calls[call.sessionID] = .some(call)
+                locked.insert(call.sessionID)
+            }
+            return call
+        }
+        return calls.values.compactMap { $0 }
+            .filter {
+                $0.initiator == initiator && $0.receiverID == receiver && $0.receiverType == .user && $0.status == .initiated
+            }
+            .max { $0.initiatedAt < $1.initiatedAt }
+    }
+
+    /// Which of `uids` are active in a call: from memory when the batch read them all at the
+    /// start, otherwise from the database (which sees the batch's own writes).
+    func activeUsers(_ db: isolated PostgresConnection, among uids: [String]) throws -> Set<String> {
+        guard activeKnown.isSuperset(of: uids) else { return try CallStore.activeUsers(db, among: uids) }
+        return Set(uids.filter { activeSessions[$0] != nil })
     }
 
     /// Serialises initiates between two users, unless the batch already holds their lock.
@@ -73,7 +118,16 @@ struct BatchCalls {
     }
 
     /// A decision wrote `call`.
-    mutating func saved(_ call: CallSession) { calls[call.sessionID] = .some(call) }
+    mutating func saved(_ call: CallSession) {
+        calls[call.sessionID] = .some(call)
+        for participant in call.participants where activeKnown.contains(participant.uid) {
+            if participant.isActive(in: call.status) {
+                activeSessions[participant.uid] = call.sessionID
+            } else if activeSessions[participant.uid] == call.sessionID {
+                activeSessions[participant.uid] = nil
+            }
+        }
+    }
 
     /// `CallStore.touch` ran: the same guarded change on the copy in memory.
     mutating func touched(_ id: UUID, _ uid: String, at now: Date) {

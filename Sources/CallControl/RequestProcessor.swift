@@ -127,7 +127,7 @@ enum RequestProcessor {
             case .user:
                 if request.receiverID != actor {
                     try calls.lockPair(db, actor, request.receiverID)
-                    glare = try CallStore.lockRingingCall(db, from: request.receiverID, to: actor)
+                    glare = try calls.ringingCall(db, from: request.receiverID, to: actor)
                 }
                 involved.append(request.receiverID)
             case .group:
@@ -135,7 +135,7 @@ enum RequestProcessor {
                 involved.append(contentsOf: members ?? [])
             }
             let context = CallRules.InitiateContext(
-                sessionID: UUID(), activeUsers: try CallStore.activeUsers(db, among: involved), glareCall: glare,
+                sessionID: UUID(), activeUsers: try calls.activeUsers(db, among: involved), glareCall: glare,
                 groupMembers: members)
             let decision = CallRules.initiate(request, by: actor, at: now, context: context)
             let previous = glare.flatMap { $0.sessionID == decision.call.sessionID ? $0 : nil }

@@ -165,8 +165,46 @@ public enum CallStore {
     /// before the locks are taken), until the transaction ends. Read the calls after it:
     /// a statement that waited for a lock reads other rows from before the wait.
     public static func lockCalls(_ db: isolated PostgresConnection, _ ids: [UUID]) throws {
-        guard !ids.isEmpty else { return }
-        try db.query("SELECT session_id FROM calls WHERE session_id = ANY(\(ids)) ORDER BY session_id FOR UPDATE")
+        _ = try lockCalls(db, ids, ringingBetween: [])
+    }
+
+    /// The same, together with the 1:1 calls still ringing between the users of `pairs`, in
+    /// either direction (an initiate's glare candidates; take the pairs' locks first, so that
+    /// no new one can appear). Returns the ids locked. A candidate that stopped ringing while
+    /// this waited for its lock is locked all the same: read the calls afterwards and look at
+    /// their status.
+    public static func lockCalls(_ db: isolated PostgresConnection, _ ids: [UUID], ringingBetween pairs: [(String, String)])
+        throws -> [UUID]
+    {
+        guard !pairs.isEmpty else {
+            guard !ids.isEmpty else { return [] }
+            return try db.query("SELECT session_id FROM calls WHERE session_id = ANY(\(ids)) ORDER BY session_id FOR UPDATE")
+                .map { try $0.decode(UUID.self, at: 0) }
+        }
+        let from = pairs.flatMap { [$0.0, $0.1] }
+        let to = pairs.flatMap { [$0.1, $0.0] }
+        return try db.query(
+            """
+            SELECT c.session_id FROM calls c
+            WHERE c.session_id IN (
+                SELECT unnest(\(ids)::uuid[])
+                UNION ALL
+                SELECT r.session_id FROM unnest(\(from)::text[], \(to)::text[]) AS q(initiator, receiver)
+                JOIN calls r ON r.initiator = q.initiator AND r.receiver_id = q.receiver
+                    AND r.receiver_type = 'user' AND r.status = 'initiated')
+            ORDER BY c.session_id FOR UPDATE OF c
+            """
+        ).map { try $0.decode(UUID.self, at: 0) }
+    }
+
+    /// The call each of `uids` is active in, for those active in one.
+    public static func activeCalls(_ db: isolated PostgresConnection, of uids: [String]) throws -> [String: UUID] {
+        guard !uids.isEmpty else { return [:] }
+        var result: [String: UUID] = [:]
+        for row in try db.query("SELECT uid, session_id FROM call_participants WHERE active AND uid = ANY(\(uids))") {
+            result[try row.decode(String.self, at: 0)] = try row.decode(UUID.self, at: 1)
+        }
+        return result
     }
 
     public static func activeUsers(_ db: isolated PostgresConnection, among uids: [String]) throws -> Set<String> {

@@ -122,6 +122,25 @@ import Testing
             ]
         }
     }
+
+    @Test func callsFromBeforeTheBatchMakeGlareAndBusyAsOneByOne() async throws {
+        try await Self.expectSameAnswers(setup: 2) { cast, id in
+            let (alice, bob, carol, dave, erin) = (
+                cast.uid("alice"), cast.uid("bob"), cast.uid("carol"), cast.uid("dave"), cast.uid("erin")
+            )
+            return [
+                try Self.initiate(alice, bob),
+                try Self.initiate(carol, dave),
+                // Glare with a call already ringing, a caller busy in it, a caller freed inside the batch.
+                try Self.initiate(bob, alice),
+                try Self.initiate(dave, erin),
+                try Self.initiate(carol, alice),
+                try Self.job(.reject, carol, ["session_id": id(1), "status": "cancelled"]),
+                try Self.initiate(erin, carol),
+                try Self.initiate(carol, bob),
+            ]
+        }
+    }
 }
 
 extension PostgresConnection {
