@@ -86,14 +86,16 @@ public final class Bench: Sendable {
             do {
                 floorResult = try await withBroker(route: Floor.route, prefix: "bench-\(runID)-f") { broker in
                     try await PhaseRunner.run(
-                        plan("floor", .max(concurrency: configuration.concurrency)), driver: FloorFlows(broker: broker, ringReceipts: configuration.ringReceipts),
+                        plan("floor", .max(concurrency: configuration.concurrency)),
+                        driver: FloorFlows(broker: broker, ringReceipts: configuration.ringReceipts),
                         pairs: PairPool(prefix: "bench-\(runID)-f", auth: auth), statements: statements, progress: progress)
                 }
                 try await settle()
                 physicalFloorResult = try await withBroker(route: PhysicalFloor.route, prefix: "bench-\(runID)-p") { broker in
                     try await PhaseRunner.run(
                         plan("floor-physical", .max(concurrency: configuration.concurrency)),
-                        driver: FloorFlows(broker: broker, ringReceipts: configuration.ringReceipts), pairs: PairPool(prefix: "bench-\(runID)-p", auth: auth),
+                        driver: FloorFlows(broker: broker, ringReceipts: configuration.ringReceipts),
+                        pairs: PairPool(prefix: "bench-\(runID)-p", auth: auth),
                         statements: statements, progress: progress)
                 }
             } catch {

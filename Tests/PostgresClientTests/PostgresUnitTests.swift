@@ -35,9 +35,10 @@ import Testing
         }
         #expect(try options("postgres://h/db")?.hasSuffix("-c plan_cache_mode=force_generic_plan") == true)
         #expect(try options("postgres://h/db?plan_cache_mode=auto")?.hasSuffix("-c plan_cache_mode=auto") == true)
-        #expect(try !PostgresConfiguration(url: "postgres://h/db?plan_cache_mode=auto").libpqParameters.contains {
-            $0.0 == "plan_cache_mode"
-        })
+        #expect(
+            try !PostgresConfiguration(url: "postgres://h/db?plan_cache_mode=auto").libpqParameters.contains {
+                $0.0 == "plan_cache_mode"
+            })
     }
 
     @Test(arguments: [
