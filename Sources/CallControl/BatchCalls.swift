@@ -15,9 +15,15 @@ struct BatchCalls {
     /// The ids whose row lock this transaction holds.
     private var locked: Set<UUID> = []
     private var lockedPairs: Set<String> = []
-    /// The pairs whose ringing calls were all locked and read at the start: with their pair
-    /// lock held, no other transaction can add one, so `calls` holds every one of them.
-    private var glareKnown: Set<String> = []
+    /// The (initiator, receiver) directions whose ringing calls were all locked and read at
+    /// the start: with the pair's lock held, no other transaction can add one, so `calls`
+    /// holds every one of them.
+    private var glareKnown: Set<Direction> = []
+
+    private struct Direction: Hashable {
+        var from: String
+        var to: String
+    }
     /// For the users in `activeKnown`, the call each is active in: as read at the start, then
     /// kept current from the batch's own writes (a user's participation changes only through
     /// `saved`). A concurrent transaction can still make one of them active meanwhile, as it
@@ -50,7 +56,9 @@ struct BatchCalls {
         }
         try CallStore.lockPairs(db, pairs)
         lockedPairs = Set(pairs.map(CallStore.pairLockKey))
-        let lockedIDs = try CallStore.lockCalls(db, Array(toLock), ringingBetween: pairs)
+        // An initiate from a to b glares with a call b is ringing a with.
+        let glare = pairs.map { (from: $0.1, to: $0.0) }
+        let lockedIDs = try CallStore.lockCalls(db, Array(toLock), ringing: glare)
         locked = toLock.union(lockedIDs)
         let ids = Array(locked.union(toRead))
         do {
@@ -60,7 +68,7 @@ struct BatchCalls {
             locked = []
             return
         }
-        glareKnown = lockedPairs
+        glareKnown = Set(glare.map { Direction(from: $0.from, to: $0.to) })
         activeSessions = try CallStore.activeCalls(db, of: users.sorted())
         activeKnown = users
     }
@@ -71,7 +79,7 @@ struct BatchCalls {
     mutating func ringingCall(_ db: isolated PostgresConnection, from initiator: String, to receiver: String) throws
         -> CallSession?
     {
-        guard glareKnown.contains(CallStore.pairLockKey(initiator, receiver)) else {
+        guard glareKnown.contains(Direction(from: initiator, to: receiver)) else {
             let call = try CallStore.lockRingingCall(db, from: initiator, to: receiver)
             if let call {
                 calls[call.sessionID] = .some(call)

@@ -165,31 +165,29 @@ public enum CallStore {
     /// before the locks are taken), until the transaction ends. Read the calls after it:
     /// a statement that waited for a lock reads other rows from before the wait.
     public static func lockCalls(_ db: isolated PostgresConnection, _ ids: [UUID]) throws {
-        _ = try lockCalls(db, ids, ringingBetween: [])
+        _ = try lockCalls(db, ids, ringing: [])
     }
 
-    /// The same, together with the 1:1 calls still ringing between the users of `pairs`, in
-    /// either direction (an initiate's glare candidates; take the pairs' locks first, so that
-    /// no new one can appear). Returns the ids locked. A candidate that stopped ringing while
-    /// this waited for its lock is locked all the same: read the calls afterwards and look at
-    /// their status.
-    public static func lockCalls(_ db: isolated PostgresConnection, _ ids: [UUID], ringingBetween pairs: [(String, String)])
+    /// The same, together with the 1:1 calls each `from` is still ringing `to` with (the glare
+    /// candidates of an initiate from `to` to `from`; take the pairs' locks first, so that no
+    /// new one can appear). Returns the ids locked. A candidate that stopped ringing while this
+    /// waited for its lock is locked all the same: read the calls afterwards and look at their
+    /// status.
+    public static func lockCalls(_ db: isolated PostgresConnection, _ ids: [UUID], ringing: [(from: String, to: String)])
         throws -> [UUID]
     {
-        guard !pairs.isEmpty else {
+        guard !ringing.isEmpty else {
             guard !ids.isEmpty else { return [] }
             return try db.query("SELECT session_id FROM calls WHERE session_id = ANY(\(ids)) ORDER BY session_id FOR UPDATE")
                 .map { try $0.decode(UUID.self, at: 0) }
         }
-        let from = pairs.flatMap { [$0.0, $0.1] }
-        let to = pairs.flatMap { [$0.1, $0.0] }
         return try db.query(
             """
             SELECT c.session_id FROM calls c
             WHERE c.session_id IN (
                 SELECT unnest(\(ids)::uuid[])
                 UNION ALL
-                SELECT r.session_id FROM unnest(\(from)::text[], \(to)::text[]) AS q(initiator, receiver)
+                SELECT r.session_id FROM unnest(\(ringing.map(\.from))::text[], \(ringing.map(\.to))::text[]) AS q(initiator, receiver)
                 JOIN calls r ON r.initiator = q.initiator AND r.receiver_id = q.receiver
                     AND r.receiver_type = 'user' AND r.status = 'initiated')
             ORDER BY c.session_id FOR UPDATE OF c

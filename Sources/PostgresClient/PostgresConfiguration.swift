@@ -20,13 +20,14 @@ public struct PostgresConfiguration: Sendable {
     /// afterwards (parsed and planned once). Turn off with `?prepared_statements=false` behind
     /// a pooler that cannot keep named statements (PgBouncer in transaction mode before 1.21).
     public var preparesStatements = true
-    /// The session's `plan_cache_mode`. Every statement here looks rows up by key, often by an
-    /// array of keys (`= ANY($1)`, `unnest`): PostgreSQL's default (`auto`) then plans them
-    /// afresh on every execution, because a plan for an array of known length always looks
-    /// cheaper than the generic one, and that planning was an eighth of the server's CPU under
-    /// load. The generic plan is made once per connection and made again whenever statistics
-    /// change (autoanalyze). `?plan_cache_mode=auto` restores the default.
-    public var planCacheMode: PlanCacheMode = .forceGenericPlan
+    /// The session's `plan_cache_mode` (`?plan_cache_mode=`). PostgreSQL's default, `auto`,
+    /// plans statements that look rows up by an array of keys afresh on every execution (a
+    /// plan for an array of known length always looks cheaper than the generic one): about an
+    /// eighth of the server's CPU under load. `force_generic_plan` saves that on a database
+    /// with settled statistics, but a generic plan made while the tables were young (a new
+    /// database, before its first autoanalyze) can be a sequential scan kept for minutes: it
+    /// halved throughput in the benchmark (BENCHMARKS.md). Hence `auto` by default.
+    public var planCacheMode: PlanCacheMode = .auto
 
     public enum PlanCacheMode: String, Sendable, CaseIterable {
         case auto

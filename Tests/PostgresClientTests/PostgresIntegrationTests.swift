@@ -64,8 +64,10 @@ import Testing
         await connection.close()
     }
 
-    @Test func preparedStatementsRunOnTheirGenericPlan() async throws {
-        let connection = try await PostgresConnection.connect(configuration: configuration)
+    @Test func thePlanCacheModeReachesTheSession() async throws {
+        var generic = configuration
+        generic.planCacheMode = .forceGenericPlan
+        let connection = try await PostgresConnection.connect(configuration: generic)
         let keys = ["a", "b"]
         for _ in 1...3 {
             _ = try await connection.query("SELECT k FROM unnest(\(keys)::text[]) AS k WHERE k = ANY(\(keys))")
@@ -76,9 +78,7 @@ import Testing
         #expect(try plans.first?.decode(Int.self, at: 0) == 3)
         #expect(try plans.first?.decode(Int.self, at: 1) == 0)
 
-        var auto = configuration
-        auto.planCacheMode = .auto
-        let planned = try await PostgresConnection.connect(configuration: auto)
+        let planned = try await PostgresConnection.connect(configuration: configuration)
         #expect(try await planned.query("SHOW plan_cache_mode")[0].decode(String.self, at: 0) == "auto")
         await planned.close()
         await connection.close()

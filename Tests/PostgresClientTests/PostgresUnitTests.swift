@@ -29,12 +29,14 @@ import Testing
         #expect(!off.libpqParameters.contains { $0.0 == "prepared_statements" })
     }
 
-    @Test func genericPlansUnlessTheURLSaysOtherwise() throws {
+    @Test func planCacheModeIsAutoUnlessTheURLSaysOtherwise() throws {
         func options(_ url: String) throws -> String? {
             try PostgresConfiguration(url: url).libpqParameters.first { $0.0 == "options" }?.1
         }
-        #expect(try options("postgres://h/db")?.hasSuffix("-c plan_cache_mode=force_generic_plan") == true)
-        #expect(try options("postgres://h/db?plan_cache_mode=auto")?.hasSuffix("-c plan_cache_mode=auto") == true)
+        #expect(try options("postgres://h/db")?.hasSuffix("-c plan_cache_mode=auto") == true)
+        #expect(
+            try options("postgres://h/db?plan_cache_mode=force_generic_plan")?.hasSuffix(
+                "-c plan_cache_mode=force_generic_plan") == true)
         #expect(
             try !PostgresConfiguration(url: "postgres://h/db?plan_cache_mode=auto").libpqParameters.contains {
                 $0.0 == "plan_cache_mode"
