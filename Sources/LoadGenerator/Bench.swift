@@ -145,7 +145,8 @@ public final class Bench: Sendable {
         // The floor draws the same mix; having no ring timer, its unanswered flows are a lone initiate.
         PhasePlan(
             name: name, load: load, warmup: .seconds(configuration.warmupSeconds),
-            duration: .seconds(configuration.durationSeconds), mix: configuration.mix)
+            duration: .seconds(configuration.durationSeconds), mix: configuration.mix,
+            ringReceipts: configuration.ringReceipts)
     }
 
     private func withBroker<T: Sendable>(

@@ -52,9 +52,15 @@ public struct FlowMix: Sendable, Codable, CustomStringConvertible {
     }
 
     /// Requests per flow, on average.
-    public var requestsPerFlow: Double {
+    public var requestsPerFlow: Double { averageRequests(ringReceipts: true) }
+
+    /// The same, with or without the answered flows' ring receipt.
+    public func averageRequests(ringReceipts: Bool) -> Double {
         let total = Double(weights.values.reduce(0, +))
-        return weights.reduce(0.0) { $0 + Double($1.value) * Double($1.key.requests) } / total
+        return weights.reduce(0.0) { sum, weight in
+            let requests = weight.key.requests - (weight.key == .answered && !ringReceipts ? 1 : 0)
+            return sum + Double(weight.value) * Double(requests)
+        } / total
     }
 
     public var description: String {

@@ -16,13 +16,17 @@ public struct PhasePlan: Sendable {
     public var warmup: Duration
     public var duration: Duration
     public var mix: FlowMix
+    /// Whether answered flows send the ring receipt: a rate phase offers its requests/s
+    /// either way.
+    public var ringReceipts: Bool
 
-    public init(name: String, load: Load, warmup: Duration, duration: Duration, mix: FlowMix) {
+    public init(name: String, load: Load, warmup: Duration, duration: Duration, mix: FlowMix, ringReceipts: Bool = true) {
         self.name = name
         self.load = load
         self.warmup = warmup
         self.duration = duration
         self.mix = mix
+        self.ringReceipts = ringReceipts
     }
 }
 
@@ -147,7 +151,7 @@ enum PhaseRunner {
         try await withThrowingTaskGroup(of: Void.self) { group in
             switch plan.load {
             case .rate(let requestsPerSecond):
-                let flowsPerSecond = requestsPerSecond / plan.mix.requestsPerFlow
+                let flowsPerSecond = requestsPerSecond / plan.mix.averageRequests(ringReceipts: plan.ringReceipts)
                 var started = 0
                 while ContinuousClock.now < end {
                     let due = Int((ContinuousClock.now - start).seconds * flowsPerSecond)

@@ -18,6 +18,11 @@ import Testing
         #expect(abs(FlowMix.standard.requestsPerFlow - 4.7) < 1e-9)
     }
 
+    @Test func withoutRingReceiptsAnAnsweredFlowIsOneRequestShorter() {
+        #expect(abs(FlowMix.standard.averageRequests(ringReceipts: false) - 4.0) < 1e-9)
+        #expect(abs(FlowMix.standard.averageRequests(ringReceipts: true) - 4.7) < 1e-9)
+    }
+
     @Test(arguments: [
         ("answered=1,ringing=2", "'ringing=2'"), ("answered=-1", "answered must be a whole number"),
         ("answered=1=2", "'answered=1=2'"), ("answered=0,rejected=0", "at least one weight"),
