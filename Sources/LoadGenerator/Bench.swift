@@ -30,6 +30,11 @@ public struct BenchConfiguration: Codable, Sendable {
     /// Whether answered flows send the ring receipt (`call.ringing`): off to compare with a
     /// revision from before it (`--no-ring-receipts`, recorded in the report's command line).
     public var ringReceipts = true
+    /// Seconds of unmeasured flows before the first Ringing phase, followed by `ANALYZE` of
+    /// Ringing's tables, so that the phases meet a database with statistics (recorded in the
+    /// report's command line). Without it, a fresh database's tables are planned as empty
+    /// until autovacuum's first analyze, which can take minutes while it vacuums the floor's.
+    public var primeSeconds = 10
 
     public init() {}
 
@@ -112,13 +117,14 @@ public final class Bench: Sendable {
                 try await probe(broker, auth: auth)
                 let driver = RingingFlows(
                     broker: broker, ringTimeout: configuration.ringTimeoutSeconds, ringReceipts: configuration.ringReceipts)
+                let primed = try await prime(driver, auth: auth)
                 let runs: [(PhasePlan.Load, String)] = ringingPhases.flatMap { phase in
                     phase == .max
                         ? [(.max(concurrency: configuration.concurrency), "ringing-max")]
                         : configuration.rates.map { (.rate(requestsPerSecond: $0), "ringing-\(Int($0))") }
                 }
                 for (load, name) in runs {
-                    if !phases.isEmpty || floorRan { try await settle() }
+                    if !phases.isEmpty || floorRan || primed { try await settle() }
                     let pairs = PairPool(prefix: "bench-\(runID)-\(phases.count)", auth: auth)
                     try await pairs.prefill(configuration.concurrency)
                     phases.append(
@@ -131,6 +137,29 @@ public final class Bench: Sendable {
         return BenchReport(
             command: command, machine: MachineInfo.current(), configuration: configuration, floor: floorResult,
             physicalFloor: physicalFloorResult, phases: phases)
+    }
+
+    /// Runs flows for `primeSeconds`, unmeasured, then analyzes Ringing's tables: the
+    /// measured phases then run on the plans of a database with statistics, as in production,
+    /// not on those of tables the planner still takes for empty.
+    private func prime(_ driver: RingingFlows, auth: AuthTokens) async throws -> Bool {
+        guard configuration.primeSeconds > 0 else { return false }
+        let plan = PhasePlan(
+            name: "prime", load: .max(concurrency: configuration.concurrency), warmup: .zero,
+            duration: .seconds(configuration.primeSeconds), mix: configuration.mix, ringReceipts: configuration.ringReceipts)
+        let pairs = PairPool(prefix: "bench-\(runID)-prime", auth: auth)
+        try await pairs.prefill(configuration.concurrency)
+        _ = try await PhaseRunner.run(plan, driver: driver, pairs: pairs, progress: progress)
+        progress("prime: analyzing calls, call_participants, processed_requests, outbox")
+        let connection = try await PostgresConnection.connect(configuration: database, logger: logger)
+        do {
+            try await connection.executeScript("ANALYZE calls, call_participants, processed_requests, outbox")
+        } catch {
+            await connection.close()
+            throw BenchError("prime: ANALYZE of Ringing's tables failed: \(error)")
+        }
+        await connection.close()
+        return true
     }
 
     /// A pause between phases, so that what one phase set off (autovacuum after its updates,

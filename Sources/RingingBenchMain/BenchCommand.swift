@@ -50,6 +50,13 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Idle seconds between phases, so that one phase's aftermath stays out of the next.")
     var settle = 10
 
+    @Option(
+        help: """
+            Seconds of unmeasured flows before the first Ringing phase, then ANALYZE of Ringing's \
+            tables, so that the phases run on a database with statistics (0: none).
+            """)
+    var prime = 10
+
     @Option(help: "Phases to run, comma-separated: floor, max, rate.")
     var phases = "floor,max,rate"
 
@@ -67,6 +74,7 @@ struct Run: AsyncParsableCommand {
     func validate() throws {
         guard duration >= 1 else { throw ValidationError("--duration must be at least 1 second, not \(duration)") }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
+        guard prime >= 0 else { throw ValidationError("--prime must not be negative, not \(prime)") }
         guard settle >= 0 else { throw ValidationError("--settle must not be negative") }
         _ = try parsedRates()
         guard (1...10_000).contains(concurrency) else { throw ValidationError("--concurrency must be from 1 to 10000") }
@@ -107,6 +115,7 @@ struct Run: AsyncParsableCommand {
         configuration.floorWorkers = floorWorkers
         configuration.phases = try parsedPhases()
         configuration.settleSeconds = settle
+        configuration.primeSeconds = prime
         configuration.ringReceipts = ringReceipts
         let environment = Environment()
         let quiet = self.quiet
