@@ -162,18 +162,15 @@ public enum CallStore {
     }
 
     /// Takes the row locks of `ids` in one statement, in session_id order (the sort runs
-    /// before the locks are taken), until the transaction ends. Read the calls after it:
-    /// a statement that waited for a lock reads other rows from before the wait.
-    public static func lockCalls(_ db: isolated PostgresConnection, _ ids: [UUID]) throws {
-        _ = try lockCalls(db, ids, ringing: [])
-    }
-
-    /// The same, together with the 1:1 calls each `from` is still ringing `to` with (the glare
-    /// candidates of an initiate from `to` to `from`; take the pairs' locks first, so that no
-    /// new one can appear). Returns the ids locked. A candidate that stopped ringing while this
-    /// waited for its lock is locked all the same: read the calls afterwards and look at their
-    /// status.
-    public static func lockCalls(_ db: isolated PostgresConnection, _ ids: [UUID], ringing: [(from: String, to: String)])
+    /// before the locks are taken), until the transaction ends, together with those of the
+    /// 1:1 calls each `from` is still ringing `to` with (the glare candidates of an initiate
+    /// from `to` to `from`; take the pairs' locks first, so that no new one can appear).
+    /// Returns the ids locked. Read the calls after it: a statement that waited for a lock
+    /// reads other rows from before the wait, and a candidate that stopped ringing meanwhile
+    /// is locked all the same, so look at its status.
+    public static func lockCalls(
+        _ db: isolated PostgresConnection, _ ids: [UUID], ringing: [(from: String, to: String)] = []
+    )
         throws -> [UUID]
     {
         guard !ringing.isEmpty else {
@@ -206,10 +203,7 @@ public enum CallStore {
     }
 
     public static func activeUsers(_ db: isolated PostgresConnection, among uids: [String]) throws -> Set<String> {
-        Set(
-            try db.query("SELECT uid FROM call_participants WHERE active AND uid = ANY(\(uids))").map {
-                try $0.decode(String.self, at: 0)
-            })
+        Set(try activeCalls(db, of: uids).keys)
     }
 
     /// The user's active call, if any.
