@@ -378,6 +378,9 @@ struct ConnectionState<PublishTicket, Consumer, Request> {
         publishing.enqueue(message, ticket, deadline: deadline)
     }
 
+    /// How many publishes wait to be written.
+    var waitingPublishes: Int { isConnected ? publishing.waiting.count : 0 }
+
     /// The next publish to write now (see `PublisherState.nextToWrite`): only when set up.
     mutating func nextToWrite() -> PublisherState<PublishTicket>.Publish? {
         isConnected ? publishing.nextToWrite() : nil
