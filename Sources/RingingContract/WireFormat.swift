@@ -209,42 +209,51 @@ public struct WireEvent: Codable, Sendable, Hashable {
 extension WireEvent {
     /// The event as JSON with `callJSON` (an encoded `WireCall`) as its `call`: a decision's
     /// call is encoded once and spliced into its event, its notifications and the reply. The
-    /// members are those of `encode(to:)`, `call` last.
+    /// members are those of `encode(to:)`, `call` last, written directly (`JSONWriter`).
     public static func encoded(
         _ event: CallEvent, type: String, recipient: String? = nil, traceparent: String? = nil, callJSON: Data
     ) throws -> Data {
-        let header = try WireTime.encoder.encode(
-            Header(
-                eventID: event.eventID.uuidString.lowercased(), type: type, occurredAt: event.occurredAt,
-                sequence: event.sequence, actor: event.actor, deviceID: event.deviceID, recipient: recipient,
-                traceparent: traceparent))
-        return WireJSON.adding("call", callJSON, to: header)
-    }
-
-    /// Everything of an event but its call.
-    private struct Header: Encodable {
-        var eventID: String
-        var type: String
-        var occurredAt: Date
-        var sequence: Int
-        var actor: String?
-        var deviceID: String?
-        var recipient: String?
-        var traceparent: String?
-
-        enum CodingKeys: String, CodingKey {
-            case type, sequence, actor, recipient, traceparent
-            case eventID = "event_id"
-            case occurredAt = "occurred_at"
-            case deviceID = "device_id"
+        var json = JSONWriter(capacity: callJSON.count + 256)
+        json.raw("{")
+        json.key("event_id")
+        json.uuid(event.eventID)
+        json.nextKey("type")
+        json.string(type)
+        json.nextKey("occurred_at")
+        json.date(event.occurredAt)
+        json.nextKey("sequence")
+        json.int(event.sequence)
+        if let actor = event.actor {
+            json.nextKey("actor")
+            json.string(actor)
         }
+        if let deviceID = event.deviceID {
+            json.nextKey("device_id")
+            json.string(deviceID)
+        }
+        if let recipient {
+            json.nextKey("recipient")
+            json.string(recipient)
+        }
+        if let traceparent {
+            json.nextKey("traceparent")
+            json.string(traceparent)
+        }
+        json.nextKey("call")
+        json.raw(callJSON)
+        json.raw("}")
+        return json.data
     }
 }
 
 /// Splicing JSON that is already encoded.
 public enum WireJSON {
     /// A call as JSON, to splice with `WireEvent.encoded` and `WireReply.call(json:)`.
-    public static func call(_ call: CallSession) throws -> Data { try WireTime.encoder.encode(WireCall(call)) }
+    public static func call(_ call: CallSession) throws -> Data {
+        var json = JSONWriter()
+        try json.call(call)
+        return json.data
+    }
 
     /// `object` (an encoded JSON object) with `"key": value` added as its last member.
     static func adding(_ key: String, _ value: Data, to object: Data) -> Data {
