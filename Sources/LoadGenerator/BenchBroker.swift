@@ -2,26 +2,52 @@
 // through direct reply-to, and one queue receiving every notification of the bench's users,
 // sorted into a mailbox that flows wait on.
 public import AMQPClient
+public import CallRules
 public import Foundation
 public import Logging
 public import RingingContract
 import Synchronization
 
-/// A reply as the load generator sees it.
+/// A reply as the load generator sees it: what the flows check of it, decoded without the
+/// rest (participants, times), which would cost the bench more CPU than the flows need.
 public struct BenchReply: Sendable {
-    public var reply: WireReply
+    public var reply: Answer
     /// When the reply came off the socket (before decoding).
     public var arrivedAt: ContinuousClock.Instant
+
+    public struct Answer: Decodable, Sendable {
+        public var call: BenchCall?
+        public var token: String?
+        public var error: WireError?
+    }
+}
+
+/// What the flows read of a call: which it is, its status and its ring deadline.
+public struct BenchCall: Decodable, Sendable {
+    public var sessionID: UUID
+    public var status: CallStatus
+    public var expiresAt: Date
+
+    enum CodingKeys: String, CodingKey {
+        case status
+        case sessionID = "session_id"
+        case expiresAt = "expires_at"
+    }
 }
 
 /// A notification taken from the bench's queue.
 public struct Arrival: Sendable {
     public var name: String
     public var recipient: String
-    public var call: WireCall
+    public var call: BenchCall
     public var arrivedAt: ContinuousClock.Instant
     /// The wall clock at arrival, to compare with server times such as `expires_at`.
     public var arrivedWallClock: Date
+
+    /// A notification's body as the bench decodes it.
+    struct Body: Decodable {
+        var call: BenchCall
+    }
 }
 
 /// Where the bench sends requests and where it listens for notifications.
@@ -140,7 +166,7 @@ public final class BenchBroker: Sendable {
                 let slot = replies.withLock({ $0.removeValue(forKey: id)?.slot })
             else { continue }
             do {
-                let reply = try WireTime.decoder.decode(WireReply.self, from: delivery.body)
+                let reply = try WireTime.decoder.decode(BenchReply.Answer.self, from: delivery.body)
                 slot.complete(.success(BenchReply(reply: reply, arrivedAt: now)))
             } catch {
                 slot.complete(.failure(WaitFailure(code: "bad_reply", detail: "\(error)")))
@@ -181,7 +207,7 @@ public final class BenchBroker: Sendable {
             let uid = String(parts[1])
             let name = String(parts[2])
             guard !Self.ignored.contains(name),
-                let event = try? WireTime.decoder.decode(WireEvent.self, from: delivery.body)
+                let event = try? WireTime.decoder.decode(Arrival.Body.self, from: delivery.body)
             else { continue }
             let arrival = Arrival(name: name, recipient: uid, call: event.call, arrivedAt: now, arrivedWallClock: wallClock)
             let slot: Slot<Arrival>? = mailbox.withLock { box in

@@ -170,7 +170,7 @@ struct FlowAborted: Error {}
 extension BenchBroker {
     /// Sends one request and records its latency and outcome; throws `FlowAborted` on an
     /// error reply or when no reply came.
-    func send(_ type: RequestType, _ json: String, recorder: Recorder) async throws -> WireReply {
+    func send(_ type: RequestType, _ json: String, recorder: Recorder) async throws -> BenchReply.Answer {
         let sent = ContinuousClock.now
         do {
             let answer = try await request(routingKey: type.rawValue, body: Data(json.utf8))
