@@ -26,6 +26,8 @@ public final class CallControlService: ComposedService, Sendable {
     let listener: PostgresListener
     let auth: AuthTokens
     let ringTimer = Doorbell()
+    /// Which announced deadlines wake the ring timer.
+    let deadlineGate = Mutex(DeadlineGate())
     /// Outbox rows already published, deleted by the next batch's transaction.
     let published = PublishedOutbox()
     /// The broker account events and notifications are published as (their `user_id`).
@@ -317,9 +319,15 @@ public final class CallControlService: ComposedService, Sendable {
 
     private func forwardDeadlineNotifications() async {
         for await event in listener.events {
-            // A new deadline, or a reconnect after which notifications may have been missed.
-            _ = event
-            ringTimer.ring()
+            // A new deadline earlier than the timer's wake-up, or a reconnect after which
+            // notifications may have been missed.
+            switch event {
+            case .listening:
+                ringTimer.ring()
+            case .notification(let notification):
+                let deadline = WireTime.parse(notification.payload)
+                if deadlineGate.withLock({ $0.wakes(for: deadline) }) { ringTimer.ring() }
+            }
         }
     }
 
@@ -340,6 +348,7 @@ public final class CallControlService: ComposedService, Sendable {
         var sweepAt = ContinuousClock.now
         while !Task.isCancelled {
             var wait: Duration = .milliseconds(Int64(longest * 1000))
+            deadlineGate.withLock { $0.awake() }
             do {
                 let fired = try await fireDue(logger: logger, what: "ring deadlines") { db, now in
                     try CallStore.lockDueCalls(db, limit: 100).map { call in
@@ -376,6 +385,8 @@ public final class CallControlService: ComposedService, Sendable {
                 logger.warning("ring timer failed; retrying", metadata: ["error": "\(error)"])
                 wait = .seconds(1)
             }
+            let wake = Date() + Double(wait.components.seconds) + Double(wait.components.attoseconds) * 1e-18
+            deadlineGate.withLock { $0.sleep(until: wake) }
             await ringTimer.wait(timeout: wait)
         }
     }

@@ -1,5 +1,6 @@
 // Wakes a sleeping loop early: the ring timer sleeps until the next deadline, or until a new
 // deadline is announced.
+import Foundation
 import Synchronization
 
 final class Doorbell: Sendable {
@@ -55,5 +56,27 @@ final class Doorbell: Sendable {
             }
             waiter?.resume()
         }
+    }
+}
+
+/// Which announced ring deadlines need the sleeping ring timer sooner than it planned to wake
+/// (issue 17). Every initiate announces its deadline; waking for each one cost a round of
+/// queries, although a new call's deadline is nearly always later than one already waiting.
+/// While the timer is awake (between reading the next deadline and going to sleep) every
+/// announcement counts, since the round may have read the deadlines before it committed.
+struct DeadlineGate: Sendable {
+    private var sleepsUntil: Date?
+
+    /// The timer starts a round.
+    mutating func awake() { sleepsUntil = nil }
+
+    /// The timer goes to sleep until `wake`.
+    mutating func sleep(until wake: Date) { sleepsUntil = wake }
+
+    /// Whether an announced deadline (nil when the announcement could not be read) must wake
+    /// the timer.
+    func wakes(for deadline: Date?) -> Bool {
+        guard let sleepsUntil, let deadline else { return true }
+        return deadline < sleepsUntil
     }
 }
