@@ -10,13 +10,17 @@ struct CPUSampler {
         ("token-service", "token-service"), ("push-notifier", "push-notifier"), ("ringing-bench", "ringing-bench"),
     ]
 
-    /// CPU seconds so far, by report name, over every process with a matching name.
-    static func snapshot() -> [String: Double] {
+    /// CPU seconds so far of every process with a matching name, by process id.
+    struct Snapshot {
+        var processes: [Int: (name: String, seconds: Double)] = [:]
+    }
+
+    static func snapshot() -> Snapshot {
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
-        guard ticks > 0, let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [:] }
-        var seconds: [String: Double] = [:]
+        guard ticks > 0, let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return Snapshot() }
+        var snapshot = Snapshot()
         for entry in entries where entry.first?.isNumber == true {
-            guard let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+            guard let pid = Int(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
                 let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")")
             else { continue }
             let comm = String(stat[stat.index(after: open)..<close])
@@ -26,9 +30,22 @@ struct CPUSampler {
             // After "(comm) ": state is field 3; utime and stime are fields 14 and 15.
             let fields = stat[stat.index(after: close)...].split(separator: " ")
             guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { continue }
-            seconds[name, default: 0] += (user + system) / ticks
+            snapshot.processes[pid] = (name, (user + system) / ticks)
         }
-        return seconds
+        return snapshot
+    }
+
+    /// CPU seconds used between two snapshots, by report name: each process that is alive at
+    /// the end counts from its start (from zero when it started meanwhile). A process that
+    /// ended meanwhile (a test's database connection closing beside the bench) drops out
+    /// instead of taking its earlier CPU off the sum.
+    static func usage(from start: Snapshot, to end: Snapshot, seconds: Double, requests: Int) -> [String: CPUUsage] {
+        var used: [String: Double] = [:]
+        for (pid, process) in end.processes {
+            let before = start.processes[pid].flatMap { $0.name == process.name ? $0.seconds : nil } ?? 0
+            used[process.name, default: 0] += max(0, process.seconds - before)
+        }
+        return usage(from: [:], to: used, seconds: seconds, requests: requests)
     }
 
     /// Per process: the share of the machine's cores used, and CPU milliseconds per request.
