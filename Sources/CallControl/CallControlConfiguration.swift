@@ -39,6 +39,8 @@ public struct CallControlConfiguration: Sendable {
         outboxGrace = .seconds(try environment.integer("RINGING_OUTBOX_GRACE_S", default: 5, in: 1...3600))
         instanceName = environment.string("RINGING_INSTANCE", default: "call-control-\(ProcessID.current)")
         database.applicationName = instanceName
+        // Index lookups only, unless the URL says otherwise (PostgresConfiguration.sequentialScans).
+        database.sequentialScans = database.sequentialScans ?? false
         httpHost = environment.string("RINGING_HTTP_HOST", default: "127.0.0.1")
         httpPort = try environment.integer("RINGING_HTTP_PORT", default: 8081, in: 0...65535)
         liveness = CallRules.Liveness(

@@ -29,6 +29,17 @@ public struct PostgresConfiguration: Sendable {
     /// halved throughput in the benchmark (BENCHMARKS.md). Hence `auto` by default.
     public var planCacheMode: PlanCacheMode = .auto
 
+    /// The session's `enable_seqscan` (`?enable_seqscan=on|off`); nil leaves the server's
+    /// setting. Call-control turns it off unless the URL says otherwise: every statement it
+    /// runs is an index lookup, and PostgreSQL's plan for deleting published rows from the
+    /// outbox, made just after a vacuum had emptied that queue-like table, was a sequential
+    /// scan, reused for every batch over all the pages the table grew to until the next vacuum
+    /// (850 buffers per batch write, a third of the database's time, in the benchmark). Off
+    /// only makes other plans preferred; a statement with no index to use still scans, at a
+    /// cost so high that it would be JIT-compiled on every execution (170 ms each), so off
+    /// also turns `jit` off, which short statements never profit from.
+    public var sequentialScans: Bool?
+
     public enum PlanCacheMode: String, Sendable, CaseIterable {
         case auto
         case forceGenericPlan = "force_generic_plan"
@@ -82,6 +93,13 @@ public struct PostgresConfiguration: Sendable {
                         .invalidURL, "query parameter 'plan_cache_mode' must be one of \(known), not '\(value)'")
                 }
                 planCacheMode = mode
+            case "enable_seqscan":
+                switch value.lowercased() {
+                case "on", "true": sequentialScans = true
+                case "off", "false": sequentialScans = false
+                default:
+                    throw PostgresError(.invalidURL, "query parameter 'enable_seqscan' must be on or off, not '\(value)'")
+                }
             default: parameters[item.name] = value
             }
         }
@@ -102,6 +120,7 @@ public struct PostgresConfiguration: Sendable {
                 "options",
                 "-c statement_timeout=\(statementTimeout.milliseconds) -c TimeZone=UTC -c DateStyle=ISO"
                     + " -c plan_cache_mode=\(planCacheMode.rawValue)"
+                    + (sequentialScans.map { $0 ? " -c enable_seqscan=on" : " -c enable_seqscan=off -c jit=off" } ?? "")
             ),
         ]
         if let password { result.append(("password", password)) }

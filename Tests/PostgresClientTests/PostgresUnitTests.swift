@@ -139,3 +139,25 @@ import Testing
         #expect(!SQLState.uniqueViolation.isTransient)
     }
 }
+
+@Suite struct SequentialScanSettingTests {
+    private func options(_ url: String) throws -> String? {
+        try PostgresConfiguration(url: url).libpqParameters.first { $0.0 == "options" }?.1
+    }
+
+    @Test func enableSeqscanIsTheServersUnlessTheURLSaysOtherwise() throws {
+        #expect(try PostgresConfiguration(url: "postgres://h/db").sequentialScans == nil)
+        #expect(try options("postgres://h/db")?.contains("enable_seqscan") == false)
+        #expect(try PostgresConfiguration(url: "postgres://h/db?enable_seqscan=off").sequentialScans == false)
+        // The penalty that steers plans away from a sequential scan would make one that
+        // remains JIT-compiled on every execution.
+        #expect(try options("postgres://h/db?enable_seqscan=off")?.hasSuffix("-c enable_seqscan=off -c jit=off") == true)
+        #expect(try options("postgres://h/db?enable_seqscan=ON")?.hasSuffix("-c enable_seqscan=on") == true)
+        #expect(throws: PostgresError.self) { try PostgresConfiguration(url: "postgres://h/db?enable_seqscan=sometimes") }
+        do {
+            _ = try PostgresConfiguration(url: "postgres://h/db?enable_seqscan=sometimes")
+        } catch {
+            #expect("\(error)".contains("'enable_seqscan' must be on or off, not 'sometimes'"))
+        }
+    }
+}
