@@ -184,9 +184,11 @@ public enum CallStore {
             WHERE c.session_id IN (
                 SELECT unnest(\(ids)::uuid[])
                 UNION ALL
-                SELECT r.session_id FROM unnest(\(ringing.map(\.from))::text[], \(ringing.map(\.to))::text[]) AS q(initiator, receiver)
-                JOIN calls r ON r.initiator = q.initiator AND r.receiver_id = q.receiver
-                    AND r.receiver_type = 'user' AND r.status = 'initiated')
+                SELECT r.session_id FROM unnest(\(ringing.map(\.from))::text[], \(ringing.map(\.to))::text[]) AS q(initiator, receiver),
+                -- One index lookup per pair (OFFSET 0 keeps the subquery apart): joined, the
+                -- planner read every ringing call when its statistics saw few.
+                LATERAL (SELECT session_id FROM calls WHERE initiator = q.initiator AND receiver_id = q.receiver
+                    AND receiver_type = 'user' AND status = 'initiated' OFFSET 0) AS r)
             ORDER BY c.session_id FOR UPDATE OF c
             """
         ).map { try $0.decode(UUID.self, at: 0) }
