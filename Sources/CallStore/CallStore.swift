@@ -609,7 +609,11 @@ public enum CallStore {
         let endReason = try row.decode(String?.self, at: 14).map {
             try StoredValue.parse(EndReason.self, $0, "calls", "end_reason", id)
         }
-        guard let metadata = try? JSONDecoder().decode(JSONObject.self, from: Data(metadataText.utf8)) else {
+        // Most calls carry no metadata: "{}" needs no decoder.
+        guard
+            let metadata = metadataText == "{}"
+                ? [:] : try? JSONDecoder().decode(JSONObject.self, from: Data(metadataText.utf8))
+        else {
             throw StoredValue.error("calls", "metadata", metadataText, id)
         }
         return CallSession(

@@ -32,9 +32,13 @@ public enum DuplicateKeys {
                 guard index < json.endIndex else { return nil }
                 if let top = stack.last, top.isObject, top.expectingKey {
                     let literal = json[start...index]
-                    // Escapes (`\u0061` is `a`) compare as the key they spell.
+                    // Escapes (`\u0061` is `a`) compare as the key they spell; a key without
+                    // one is its bytes (no decoder for the usual case).
                     let key =
-                        (try? JSONDecoder().decode(String.self, from: Data(literal))) ?? String(decoding: literal, as: UTF8.self)
+                        literal.contains(UInt8(ascii: "\\"))
+                        ? (try? JSONDecoder().decode(String.self, from: Data(literal)))
+                            ?? String(decoding: literal, as: UTF8.self)
+                        : String(decoding: literal.dropFirst().dropLast(), as: UTF8.self)
                     if stack[stack.count - 1].keys.insert(key).inserted == false { return key }
                 }
             default: break
