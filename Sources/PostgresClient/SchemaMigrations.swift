@@ -13,6 +13,10 @@ extension PostgresConnection {
     public func applyMigrations(_ migrations: [SchemaMigration], schema: String? = nil, lock: Int) throws -> [Int] {
         try withTransaction { db in
             try db.query("SELECT pg_advisory_xact_lock(\(lock))")
+            // Migrations plan as the server would: a backfill has no index to use, and a
+            // session that steers away from sequential scans (call-control's) would read its
+            // table in index order instead.
+            try db.query("SET LOCAL enable_seqscan = on")
             if let schema {
                 // The history table (and whatever a migration leaves unqualified) goes into the
                 // schema, for this transaction only.
