@@ -112,8 +112,14 @@ extension WireTime {
     static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
     /// `format(date)`'s characters, `2026-11-26T10:35:07.123Z`, appended without Foundation's
-    /// format style: the time truncated to the millisecond, as the format style does.
+    /// format style: the time truncated to the millisecond, as the format style does. Years
+    /// outside 1600...9999 (never a call's: the format style counts earlier ones in the Julian
+    /// calendar, and four digits end at 9999) are left to the format style.
     static func append(_ date: Date, to bytes: inout [UInt8]) {
+        guard (-11_676_096_000.0..<253_402_300_800.0).contains(date.timeIntervalSince1970) else {
+            bytes.append(contentsOf: date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true)).utf8)
+            return
+        }
         // Whole seconds and the fraction apart, from the reference date Date keeps, as the
         // format style reads them: scaling the whole time would round some .xxx9999 up.
         let sinceReference = date.timeIntervalSinceReferenceDate

@@ -5,8 +5,14 @@ public import Foundation
 
 /// RFC 3339 UTC times with milliseconds, as every time on the wire is.
 public enum WireTime {
+    /// `2026-11-26T10:35:07.123Z`: the time truncated to the millisecond (`append`), as
+    /// Foundation's ISO 8601 format style writes it on Swift 6.3, which `JSONWritingTests`
+    /// checks; one definition for every time the services write.
     public static func format(_ date: Date) -> String {
-        date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(24)
+        append(date, to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     public static func parse(_ text: String) -> Date? {

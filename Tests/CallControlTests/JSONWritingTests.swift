@@ -18,6 +18,10 @@ import Testing
             Date(timeIntervalSince1970: 951_782_400),  // 2000-02-29
             Date(timeIntervalSince1970: 4_107_542_399.999),  // 2100-02-28T23:59:59.999
             Date(timeIntervalSince1970: -0.001), Date(timeIntervalSince1970: -86_400.5),
+            // The first and last instants of years 1600 and 9999, and beyond them (left to Foundation).
+            Date(timeIntervalSince1970: -11_676_096_000), Date(timeIntervalSince1970: 253_402_300_799.999),
+            Date(timeIntervalSince1970: -11_676_096_000.001), Date(timeIntervalSince1970: 253_402_300_800),
+            Date(timeIntervalSince1970: -62_135_596_800),
         ]
         for _ in 0..<20_000 {
             dates.append(Date(timeIntervalSince1970: Double.random(in: -1_000_000_000...4_000_000_000, using: &generator)))
@@ -32,8 +36,9 @@ import Testing
             var bytes: [UInt8] = []
             WireTime.append(date, to: &bytes)
             let written = String(decoding: bytes, as: UTF8.self)
-            if written != WireTime.format(date) {
-                mismatches.append("\(date.timeIntervalSince1970): \(written) ≠ \(WireTime.format(date))")
+            let foundation = date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+            if written != foundation || WireTime.format(date) != foundation {
+                mismatches.append("\(date.timeIntervalSince1970): \(written) ≠ \(foundation)")
             }
         }
         #expect(mismatches.isEmpty, "\(mismatches.count) of \(dates.count), first: \(mismatches.prefix(5))")
