@@ -340,8 +340,8 @@ final class ConnectionLoop {
     /// publish's frames with `MSG_MORE` but pushes its body alone), which spares the kernel a
     /// loopback transmission and the broker a read per message.
     private func sendWaitingPublishes() {
-        guard let handle = connection, state.waitingPublishes > 0 else { return }
-        let corked = state.waitingPublishes > 1 && setCork(handle, true)
+        guard let handle = connection, state.writablePublishes > 0 else { return }
+        let corked = state.writablePublishes > 1 && setCork(handle, true)
         defer { if corked, let connection { _ = setCork(connection, false) } }
         while let handle = connection, let publish = state.nextToWrite() {
             let message = publish.message

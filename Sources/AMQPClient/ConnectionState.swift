@@ -378,8 +378,8 @@ struct ConnectionState<PublishTicket, Consumer, Request> {
         publishing.enqueue(message, ticket, deadline: deadline)
     }
 
-    /// How many publishes wait to be written.
-    var waitingPublishes: Int { isConnected ? publishing.waiting.count : 0 }
+    /// How many publishes can be written now (`PublisherState.writable`), only when set up.
+    var writablePublishes: Int { isConnected ? publishing.writable : 0 }
 
     /// The next publish to write now (see `PublisherState.nextToWrite`): only when set up.
     mutating func nextToWrite() -> PublisherState<PublishTicket>.Publish? {

@@ -40,6 +40,10 @@ struct PublisherState<Ticket> {
         waiting.append(Publish(message: message, ticket: ticket, deadline: deadline))
     }
 
+    /// How many publishes `nextToWrite` would hand out now: waiting ones, as far as the
+    /// confirm window allows, none while the broker blocks us.
+    var writable: Int { blocked ? 0 : max(0, min(waiting.count, window - unconfirmed.count)) }
+
     /// The next publish to write now (it counts as unconfirmed from here, with the next
     /// sequence number), or nil when none waits, the window is full or the broker blocks us.
     /// Only while connected.
