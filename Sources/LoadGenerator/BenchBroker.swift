@@ -16,6 +16,7 @@ public struct BenchReply: Sendable {
     public var arrivedAt: ContinuousClock.Instant
 
     public struct Answer: Decodable, Sendable {
+        public var ok: Bool
         public var call: BenchCall?
         public var token: String?
         public var error: WireError?
@@ -167,6 +168,10 @@ public final class BenchBroker: Sendable {
             else { continue }
             do {
                 let reply = try WireTime.decoder.decode(BenchReply.Answer.self, from: delivery.body)
+                guard reply.ok || reply.error != nil else {
+                    slot.complete(.failure(WaitFailure(code: "bad_reply", detail: "ok is false without an error")))
+                    continue
+                }
                 slot.complete(.success(BenchReply(reply: reply, arrivedAt: now)))
             } catch {
                 slot.complete(.failure(WaitFailure(code: "bad_reply", detail: "\(error)")))

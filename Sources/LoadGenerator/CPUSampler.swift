@@ -12,8 +12,20 @@ struct CPUSampler {
 
     /// CPU seconds so far of every process with a matching name, by process id.
     struct Snapshot {
-        var processes: [Int: (name: String, seconds: Double)] = [:]
+        struct Process {
+            var name: String
+            /// Its own user and system time.
+            var seconds: Double
+            /// The user and system time of its children that ended and were waited for.
+            var children: Double = 0
+        }
+
+        var processes: [Int: Process] = [:]
     }
+
+    /// The kinds whose processes end under a parent of the same kind that waits for them:
+    /// PostgreSQL's backends and autovacuum workers, reaped by the postmaster.
+    static let reapedByTheirKind: Set<String> = ["postgresql"]
 
     static func snapshot() -> Snapshot {
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
@@ -27,25 +39,36 @@ struct CPUSampler {
             guard var name = processes.first(where: { $0.comm == comm })?.name else { continue }
             // The floor program is this executable too, in a process of its own.
             if name == "ringing-bench", entry != "\(getpid())" { name = "floor-program" }
-            // After "(comm) ": state is field 3; utime and stime are fields 14 and 15.
+            // After "(comm) ": state is field 3; utime, stime, cutime and cstime are 14 to 17.
             let fields = stat[stat.index(after: close)...].split(separator: " ")
-            guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { continue }
-            snapshot.processes[pid] = (name, (user + system) / ticks)
+            guard fields.count > 14, let user = Double(fields[11]), let system = Double(fields[12]),
+                let childrenUser = Double(fields[13]), let childrenSystem = Double(fields[14])
+            else { continue }
+            snapshot.processes[pid] = Snapshot.Process(
+                name: name, seconds: (user + system) / ticks, children: (childrenUser + childrenSystem) / ticks)
         }
         return snapshot
     }
 
-    /// CPU seconds used between two snapshots, by report name: each process that is alive at
-    /// the end counts from its start (from zero when it started meanwhile). A process that
-    /// ended meanwhile (a test's database connection closing beside the bench) drops out
-    /// instead of taking its earlier CPU off the sum.
+    /// CPU seconds used between two snapshots, by report name. Each process alive at the end
+    /// counts from its start (from zero when it started meanwhile). A process that ended
+    /// meanwhile counts only for the kinds whose parent waits for it (`reapedByTheirKind`):
+    /// its whole time then shows in the parent's children time, less what it had used before
+    /// the window. Others drop out rather than take their earlier CPU off their kind's sum.
     static func usage(from start: Snapshot, to end: Snapshot, seconds: Double, requests: Int) -> [String: CPUUsage] {
         var used: [String: Double] = [:]
         for (pid, process) in end.processes {
-            let before = start.processes[pid].flatMap { $0.name == process.name ? $0.seconds : nil } ?? 0
-            used[process.name, default: 0] += max(0, process.seconds - before)
+            let before = start.processes[pid].flatMap { $0.name == process.name ? $0 : nil }
+            used[process.name, default: 0] += max(0, process.seconds - (before?.seconds ?? 0))
+            if reapedByTheirKind.contains(process.name) {
+                used[process.name, default: 0] += max(0, process.children - (before?.children ?? 0))
+            }
         }
-        return usage(from: [:], to: used, seconds: seconds, requests: requests)
+        for (pid, process) in start.processes
+        where reapedByTheirKind.contains(process.name) && end.processes[pid]?.name != process.name {
+            used[process.name, default: 0] -= process.seconds
+        }
+        return usage(from: [:], to: used.mapValues { max(0, $0) }, seconds: seconds, requests: requests)
     }
 
     /// Per process: the share of the machine's cores used, and CPU milliseconds per request.
