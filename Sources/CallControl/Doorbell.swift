@@ -64,6 +64,9 @@ final class Doorbell: Sendable {
 /// queries, although a new call's deadline is nearly always later than one already waiting.
 /// While the timer is awake (between reading the next deadline and going to sleep) every
 /// announcement counts, since the round may have read the deadlines before it committed.
+/// The wake-up is on this instance's clock and a deadline on the clock of the instance that
+/// set it; a ring timeout is at least 5 s and the timer never sleeps longer than 5 s, so a
+/// deadline the gate lets pass is due no earlier than the wake-up, give or take that skew.
 struct DeadlineGate: Sendable {
     private var sleepsUntil: Date?
 
