@@ -386,7 +386,7 @@ public final class CallControlService: ComposedService, Sendable {
                 wait = .seconds(1)
             }
             let wake = Date() + Double(wait.components.seconds) + Double(wait.components.attoseconds) * 1e-18
-            deadlineGate.withLock { $0.sleep(until: wake) }
+            deadlineGate.withLock { $0.willWake(at: wake) }
             await ringTimer.wait(timeout: wait)
         }
     }

@@ -73,8 +73,8 @@ struct DeadlineGate: Sendable {
     /// The timer starts a round.
     mutating func awake() { sleepsUntil = nil }
 
-    /// The timer goes to sleep until `wake`.
-    mutating func sleep(until wake: Date) { sleepsUntil = wake }
+    /// The timer goes to sleep, to wake at `wake`.
+    mutating func willWake(at wake: Date) { sleepsUntil = wake }
 
     /// Whether an announced deadline (nil when the announcement could not be read) must wake
     /// the timer.

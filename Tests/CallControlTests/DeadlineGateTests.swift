@@ -11,7 +11,7 @@ import Testing
         let now = Date(timeIntervalSince1970: 1_800_000_000)
         var gate = DeadlineGate()
         #expect(gate.wakes(for: now + 60), "a timer that has not slept yet is awake")
-        gate.sleep(until: now + 5)
+        gate.willWake(at: now + 5)
         #expect(gate.wakes(for: now + 1))
         #expect(gate.wakes(for: now + 4.999))
         #expect(!gate.wakes(for: now + 5))
@@ -26,7 +26,7 @@ import Testing
         let deadline = try #require(WireTime.parse("2027-01-15T13:00:00.123456Z"))
         #expect(abs(deadline.timeIntervalSince1970 - 1_800_018_000.123456) < 0.000_01)
         var gate = DeadlineGate()
-        gate.sleep(until: Date(timeIntervalSince1970: 1_800_018_000.123457))
+        gate.willWake(at: Date(timeIntervalSince1970: 1_800_018_000.123457))
         #expect(gate.wakes(for: deadline))
     }
 }
