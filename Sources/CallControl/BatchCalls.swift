@@ -1,7 +1,8 @@
 // The calls a batch works on, read once at its start and kept current in memory as its
-// decisions write them: each request then costs its decision's one write, not a lock and a
-// read of its own. For its 1:1 initiates the batch also holds, from the start, the calls
-// still ringing between each pair (glare) and the calls their users are active in (busy).
+// decisions change them: a request costs neither a lock nor a read of its own, and a call is
+// written once, in its final state, with the batch's other writes (`takeWrites`). For its 1:1
+// initiates the batch also holds, from the start, the calls still ringing between each pair
+// (glare) and the calls their users are active in (busy).
 import CallRules
 import CallStore
 import Foundation
@@ -31,6 +32,10 @@ struct BatchCalls {
     /// batch is applied again one request at a time.
     private var activeSessions: [String: UUID] = [:]
     private var activeKnown: Set<String> = []
+    /// The calls changed and not yet written, in the order of their first change, each with
+    /// its row as the database holds it (nil: a new call).
+    private var unwritten: [UUID] = []
+    private var stored: [UUID: CallSession?] = [:]
 
     /// Takes the batch's locks (pair locks, then row locks, each in one order, so two
     /// instances' batches cannot deadlock on them), then reads the calls in one statement.
@@ -80,6 +85,7 @@ struct BatchCalls {
         -> CallSession?
     {
         guard glareKnown.contains(Direction(from: initiator, to: receiver)) else {
+            try flush(db)
             let call = try CallStore.lockRingingCall(db, from: initiator, to: receiver)
             if let call {
                 calls[call.sessionID] = .some(call)
@@ -95,9 +101,12 @@ struct BatchCalls {
     }
 
     /// Which of `uids` are active in a call: from memory when the batch read them all at the
-    /// start, otherwise from the database (which sees the batch's own writes).
-    func activeUsers(_ db: isolated PostgresConnection, among uids: [String]) throws -> Set<String> {
-        guard activeKnown.isSuperset(of: uids) else { return try CallStore.activeUsers(db, among: uids) }
+    /// start, otherwise from the database (after the batch's changes are written).
+    mutating func activeUsers(_ db: isolated PostgresConnection, among uids: [String]) throws -> Set<String> {
+        guard activeKnown.isSuperset(of: uids) else {
+            try flush(db)
+            return try CallStore.activeUsers(db, among: uids)
+        }
         return Set(uids.filter { activeSessions[$0] != nil })
     }
 
@@ -111,6 +120,7 @@ struct BatchCalls {
     /// read and locked now.
     mutating func locked(_ db: isolated PostgresConnection, _ id: UUID) throws -> CallSession? {
         if locked.contains(id), let call = calls[id] { return call }
+        try flush(db)
         let call = try CallStore.lockCall(db, id)
         calls[id] = .some(call)
         locked.insert(id)
@@ -120,25 +130,94 @@ struct BatchCalls {
     /// The call as this transaction sees it, without taking its lock.
     mutating func read(_ db: isolated PostgresConnection, _ id: UUID) throws -> CallSession? {
         if let call = calls[id] { return call }
+        try flush(db)
         let call = try CallStore.loadCall(db, id)
         calls[id] = .some(call)
         return call
     }
 
-    /// A decision wrote `call`.
-    mutating func saved(_ call: CallSession) {
-        calls[call.sessionID] = .some(call)
+    /// A decision changed `call` (or made it): kept in memory, written with the batch. Throws
+    /// the one-active-call index's error (23505) where writing the change now would: when it
+    /// makes a user active who is active in another call, even if a later request of the
+    /// batch would free them. The batch is then applied again one request at a time, each
+    /// getting the answer it gets alone.
+    mutating func save(_ call: CallSession) throws {
+        let id = call.sessionID
+        let current = calls[id] ?? nil
+        for participant in call.participants where participant.isActive(in: call.status) {
+            if let current, current.participants.contains(where: { $0.uid == participant.uid && $0.isActive(in: current.status) })
+            {
+                continue
+            }
+            if isActive(participant.uid, outside: id) {
+                throw PostgresError(
+                    .server, "user '\(participant.uid)' would be active in two calls (the batch's own check)",
+                    sqlState: .uniqueViolation, constraint: "one_active_call_per_user")
+            }
+        }
+        changed(call, from: current)
         for participant in call.participants where activeKnown.contains(participant.uid) {
             if participant.isActive(in: call.status) {
-                activeSessions[participant.uid] = call.sessionID
-            } else if activeSessions[participant.uid] == call.sessionID {
+                activeSessions[participant.uid] = id
+            } else if activeSessions[participant.uid] == id {
                 activeSessions[participant.uid] = nil
             }
         }
     }
 
+    /// Whether `uid` is active in a call other than `id`, as the database would see it with
+    /// the batch's changes written: in a call the batch holds, or (for the users whose active
+    /// calls it read) in one it does not.
+    private func isActive(_ uid: String, outside id: UUID) -> Bool {
+        if activeKnown.contains(uid), let session = activeSessions[uid], session != id { return true }
+        return calls.values.contains { call in
+            guard let call, call.sessionID != id else { return false }
+            return call.participants.contains { $0.uid == uid && $0.isActive(in: call.status) }
+        }
+    }
+
+    private mutating func changed(_ call: CallSession, from current: CallSession?) {
+        if stored.index(forKey: call.sessionID) == nil {
+            stored[call.sessionID] = .some(current)
+            unwritten.append(call.sessionID)
+        }
+        calls[call.sessionID] = .some(call)
+    }
+
+    /// The changes not yet written, each call once in its final state; they count as written.
+    mutating func takeWrites() -> [CallWrite] {
+        let writes = unwritten.compactMap { id in calls[id].flatMap { $0 }.map { CallWrite(call: $0, stored: stored[id] ?? nil) }
+        }
+        unwritten = []
+        stored = [:]
+        return writes
+    }
+
+    /// Writes the changes so far, before a statement that reads what they change.
+    mutating func flush(_ db: isolated PostgresConnection) throws {
+        guard !unwritten.isEmpty else { return }
+        try CallStore.writeCalls(db, takeWrites())
+    }
+
+    /// Keeps `uid`'s participation in call `id` live at `now` (DESIGN §10): on the batch's
+    /// copy when it holds the call under its lock (written with the batch), otherwise with
+    /// the guarded statement. A call the lock found missing needs neither.
+    mutating func touch(_ db: isolated PostgresConnection, _ id: UUID, _ uid: String, at now: Date) throws {
+        guard locked.contains(id) || stored.index(forKey: id) != nil, let held = calls[id] else {
+            try CallStore.touch(db, id, uid, at: now)
+            touched(id, uid, at: now)
+            return
+        }
+        guard var call = held, let index = call.participants.firstIndex(where: { $0.uid == uid }),
+            call.participants[index].status == .accepted, let lastSeen = call.participants[index].lastSeenAt, lastSeen < now
+        else { return }
+        let current = call
+        call.participants[index].lastSeenAt = now
+        changed(call, from: current)
+    }
+
     /// `CallStore.touch` ran: the same guarded change on the copy in memory.
-    mutating func touched(_ id: UUID, _ uid: String, at now: Date) {
+    private mutating func touched(_ id: UUID, _ uid: String, at now: Date) {
         guard var call = calls[id] ?? nil,
             let index = call.participants.firstIndex(where: { $0.uid == uid }),
             call.participants[index].status == .accepted, let lastSeen = call.participants[index].lastSeenAt

@@ -34,11 +34,12 @@ enum RequestProcessor {
     /// Applies `jobs` in order inside the caller's transaction. The batch's reads come first,
     /// a few statements whatever its size: the clock with the idempotency records, the pair
     /// locks of its 1:1 initiates, the row locks of the calls it changes (in one order), then
-    /// those calls with their participants. Each decision writes its call in one statement;
-    /// the batch's idempotency records and outbox messages are written together at the end
-    /// with the removal of `deletingPublished` (rows earlier batches published): nothing
-    /// inside the batch reads them back (duplicates within the batch are found in memory),
-    /// and a racing duplicate from another instance still fails the commit.
+    /// those calls with their participants. The decisions change the calls in memory; at the
+    /// end one statement writes each changed call once in its final state, the idempotency
+    /// records and the outbox messages, and removes `deletingPublished` (rows earlier batches
+    /// published): nothing inside the batch reads them back (duplicates within the batch are
+    /// found in memory; a request that must read the database first writes what the batch
+    /// changed so far), and a racing duplicate from another instance still fails the commit.
     static func process(_ db: isolated PostgresConnection, _ jobs: [Job], deletingPublished: [Int64] = []) throws
         -> [JobOutcome]
     {
@@ -66,8 +67,7 @@ enum RequestProcessor {
             }
             // Any request naming a call keeps the user's participation live (DESIGN §10).
             if let session = job.request.command.sessionID, needsTouch(outcome.call, job.user.uid, at: now) {
-                try CallStore.touch(db, session, job.user.uid, at: now)
-                calls.touched(session, job.user.uid, at: now)
+                try calls.touch(db, session, job.user.uid, at: now)
             }
             if job.request.type.isMutation {
                 let record = ProcessedRequest(
@@ -79,7 +79,8 @@ enum RequestProcessor {
             outcomes.append(outcome)
         }
         var stored = try CallStore.finishBatch(
-            db, deletingPublished: deletingPublished, records: records, outbox: outcomes.flatMap(\.outbox))[...]
+            db, calls: calls.takeWrites(), deletingPublished: deletingPublished, records: records,
+            outbox: outcomes.flatMap(\.outbox))[...]
         for index in outcomes.indices where !outcomes[index].outbox.isEmpty {
             let count = outcomes[index].outbox.count
             outcomes[index].outbox = Array(stored.prefix(count))
@@ -138,37 +139,30 @@ enum RequestProcessor {
                 sessionID: UUID(), activeUsers: try calls.activeUsers(db, among: involved), glareCall: glare,
                 groupMembers: members)
             let decision = CallRules.initiate(request, by: actor, at: now, context: context)
-            let previous = glare.flatMap { $0.sessionID == decision.call.sessionID ? $0 : nil }
-            return try commit(db, decision, previous: previous, isNew: previous == nil, job: job, calls: &calls)
+            return try commit(decision, job: job, calls: &calls)
 
         case .accept(let id, let device):
             guard let call = try calls.locked(db, id) else { return notFound(id) }
-            return try commit(
-                db, CallRules.accept(call, by: actor, deviceID: device, at: now), previous: call, isNew: false, job: job,
-                calls: &calls)
+            return try commit(CallRules.accept(call, by: actor, deviceID: device, at: now), job: job, calls: &calls)
 
         case .reject(let id, let status, let device):
             guard let call = try calls.locked(db, id) else { return notFound(id) }
             return try commit(
-                db, CallRules.reject(call, status: status, by: actor, deviceID: device, at: now), previous: call, isNew: false,
-                job: job, calls: &calls)
+                CallRules.reject(call, status: status, by: actor, deviceID: device, at: now), job: job, calls: &calls)
 
         case .end(let id, let device):
             guard let call = try calls.locked(db, id) else { return notFound(id) }
-            return try commit(
-                db, CallRules.end(call, by: actor, deviceID: device, at: now), previous: call, isNew: false, job: job,
-                calls: &calls)
+            return try commit(CallRules.end(call, by: actor, deviceID: device, at: now), job: job, calls: &calls)
 
         case .ringing(let id, let device):
             guard let call = try calls.locked(db, id) else { return notFound(id) }
             return try commit(
-                db, CallRules.ringReceipt(call, by: actor, deviceID: device, at: now), previous: call, isNew: false, job: job,
-                calls: &calls, reply: .ok)
+                CallRules.ringReceipt(call, by: actor, deviceID: device, at: now), job: job, calls: &calls, reply: .ok)
 
         case .heartbeat(let id, _):
             guard let call = try calls.locked(db, id) else { return notFound(id) }
             return try commit(
-                db, CallRules.heartbeat(call, by: actor, at: now), previous: call, isNew: false, job: job, calls: &calls,
+                CallRules.heartbeat(call, by: actor, at: now), job: job, calls: &calls,
                 reply: .ok)
 
         case .get(let id):
@@ -177,14 +171,17 @@ enum RequestProcessor {
             return JobOutcome(reply: WireReply.call(call).encoded(), outbox: [], code: "ok", sessionID: id)
 
         case .active:
+            try calls.flush(db)
             let call = try CallStore.activeCall(db, of: actor)
             return JobOutcome(reply: WireReply.call(call).encoded(), outbox: [], code: "ok", sessionID: call?.sessionID)
 
         case .live:
-            let calls = try CallStore.liveCalls(db, of: actor, at: now)
-            return JobOutcome(reply: WireReply.live(calls).encoded(), outbox: [], code: "ok")
+            try calls.flush(db)
+            let live = try CallStore.liveCalls(db, of: actor, at: now)
+            return JobOutcome(reply: WireReply.live(live).encoded(), outbox: [], code: "ok")
 
         case .history(let query):
+            try calls.flush(db)
             let page = try CallStore.history(db, of: actor, query)
             return JobOutcome(reply: WireReply.calls(page.calls, next: page.next?.encoded).encoded(), outbox: [], code: "ok")
 
@@ -208,19 +205,17 @@ enum RequestProcessor {
         failure(CallError(.notFound, "no call with session_id \(id.uuidString.lowercased())", field: "session_id"), sessionID: id)
     }
 
-    /// Persists a decision (even a failing one may have changed the call: a timeout found on
-    /// the way) and writes its events and notifications to the outbox.
+    /// Keeps a decision's call for the batch's write (even a failing one may have changed the
+    /// call: a timeout found on the way), with its events and notifications for the outbox.
     /// `reply` is the success reply: the call, unless the request type answers just ok.
     private static func commit(
-        _ db: isolated PostgresConnection, _ decision: CallDecision, previous: CallSession?, isNew: Bool,
-        job: Job, calls: inout BatchCalls, reply success: WireReply? = nil
+        _ decision: CallDecision, job: Job, calls: inout BatchCalls, reply success: WireReply? = nil
     ) throws -> JobOutcome {
         var outbox: [OutboxMessage] = []
         // The call is encoded once for its events, notifications and the reply.
         var encoded = EncodedCalls()
         if decision.changed {
-            try CallStore.save(db, decision.call, previous: isNew ? nil : previous)
-            calls.saved(decision.call)
+            try calls.save(decision.call)
             outbox = try messages(for: decision, traceparent: job.traceparent, calls: &encoded)  // written with the batch's
         }
         let reply: Data

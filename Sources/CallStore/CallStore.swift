@@ -455,35 +455,12 @@ public enum CallStore {
         try finishBatch(db, deletingPublished: [], records: [], outbox: messages)
     }
 
-    /// A batch's last write, one statement: removes the outbox rows earlier batches published
-    /// (`published`), records the replies for idempotency and writes the outbox messages,
-    /// returned with their ids.
+    /// A batch's last write without calls (see the other `finishBatch`).
     public static func finishBatch(
         _ db: isolated PostgresConnection, deletingPublished published: [Int64], records: [ProcessedRequest],
         outbox messages: [OutboxMessage]
     ) throws -> [OutboxMessage] {
-        guard !published.isEmpty || !records.isEmpty || !messages.isEmpty else { return [] }
-        // The ids come from one sequence in the order of `n`: sorted, they match the messages.
-        let ids = try db.query(
-            """
-            WITH gone AS (DELETE FROM outbox WHERE id = ANY(\(published.map { Int($0) }))),
-            done AS (INSERT INTO processed_requests (message_id, request_type, actor, reply)
-                SELECT * FROM unnest(\(records.map(\.messageID))::text[], \(records.map(\.type))::text[],
-                                     \(records.map(\.actor))::text[], \(records.map(\.reply))::text[]))
-            INSERT INTO outbox (exchange, routing_key, message_id, traceparent, body)
-            SELECT e, k, m, nullif(t, ''), b
-            FROM unnest(\(messages.map(\.exchange))::text[], \(messages.map(\.routingKey))::text[],
-                        \(messages.map(\.messageID))::text[], \(messages.map { $0.traceparent ?? "" })::text[],
-                        \(messages.map(\.body))::text[]) WITH ORDINALITY AS u(e, k, m, t, b, n)
-            ORDER BY n
-            RETURNING id
-            """
-        ).map { try $0.decode(Int64.self, at: 0) }.sorted()
-        return zip(messages, ids).map { message, id in
-            var stored = message
-            stored.id = id
-            return stored
-        }
+        try finishBatch(db, calls: [], deletingPublished: published, records: records, outbox: messages)
     }
 
     /// Removes messages whose publish the broker confirmed. A lost delete only means a

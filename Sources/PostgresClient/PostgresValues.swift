@@ -22,6 +22,7 @@ public struct PostgresType: Hashable, Sendable {
     public static let int8Array = PostgresType(oid: 1016)
     public static let textArray = PostgresType(oid: 1009)
     public static let uuidArray = PostgresType(oid: 2951)
+    public static let timestamptzArray = PostgresType(oid: 1185)
     /// Let the server infer the type from context.
     public static let unknown = PostgresType(oid: 0)
 }
@@ -234,28 +235,46 @@ extension Int: PostgresArrayElement { public static var postgresArrayType: Postg
 extension UUID: PostgresArrayElement { public static var postgresArrayType: PostgresType { .uuidArray } }
 extension Bool: PostgresArrayElement { public static var postgresArrayType: PostgresType { .boolArray } }
 
+extension Date: PostgresArrayElement { public static var postgresArrayType: PostgresType { .timestamptzArray } }
+
 extension Array: PostgresEncodable where Element: PostgresArrayElement {
     public static var postgresType: PostgresType { Element.postgresArrayType }
 
     /// `{"a","b"}`: every element quoted, so commas, braces and spaces need no thought.
-    /// Escaped byte by byte: in UTF-8 a quote or backslash byte is never part of another
-    /// character, and large elements (JSON bodies) stay cheap.
-    public var postgresText: String {
-        let quote = UInt8(ascii: "\"")
-        let backslash = UInt8(ascii: "\\")
-        var bytes: [UInt8] = [UInt8(ascii: "{")]
-        for (index, element) in enumerated() {
-            if index > 0 { bytes.append(UInt8(ascii: ",")) }
-            bytes.append(quote)
-            for byte in element.postgresText.utf8 {
-                if byte == quote || byte == backslash { bytes.append(backslash) }
-                bytes.append(byte)
-            }
-            bytes.append(quote)
+    public var postgresText: String { arrayLiteral(map(\.postgresText)) }
+}
+
+/// A one-dimensional array whose elements may be NULL, for columns that may be (`unnest` of
+/// several arrays writes many rows in one statement).
+public struct PostgresNullableArray<Element: PostgresArrayElement>: PostgresEncodable {
+    public var elements: [Element?]
+    public init(_ elements: [Element?]) { self.elements = elements }
+    public static var postgresType: PostgresType { Element.postgresArrayType }
+    public var postgresText: String { arrayLiteral(elements.map { $0?.postgresText }) }
+}
+
+/// An array literal of elements in text form, each quoted (nil is an unquoted NULL).
+/// Escaped byte by byte: in UTF-8 a quote or backslash byte is never part of another
+/// character, and large elements (JSON bodies) stay cheap.
+private func arrayLiteral(_ elements: [String?]) -> String {
+    let quote = UInt8(ascii: "\"")
+    let backslash = UInt8(ascii: "\\")
+    var bytes: [UInt8] = [UInt8(ascii: "{")]
+    for (index, element) in elements.enumerated() {
+        if index > 0 { bytes.append(UInt8(ascii: ",")) }
+        guard let element else {
+            bytes.append(contentsOf: "NULL".utf8)
+            continue
         }
-        bytes.append(UInt8(ascii: "}"))
-        return String(decoding: bytes, as: UTF8.self)
+        bytes.append(quote)
+        for byte in element.utf8 {
+            if byte == quote || byte == backslash { bytes.append(backslash) }
+            bytes.append(byte)
+        }
+        bytes.append(quote)
     }
+    bytes.append(UInt8(ascii: "}"))
+    return String(decoding: bytes, as: UTF8.self)
 }
 
 extension Array: PostgresDecodable where Element: PostgresArrayElement {
