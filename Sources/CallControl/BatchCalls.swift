@@ -37,10 +37,18 @@ struct BatchCalls {
     private var unwritten: [UUID] = []
     private var stored: [UUID: CallSession?] = [:]
 
+    /// The database's clock, read with the calls after the locks: the time of the batch's
+    /// decisions.
+    let now: Date
+    /// The batch's mutations already applied, by idempotency key, read with the calls.
+    let processed: [IdempotencyKey: ProcessedRequest]
+
     /// Takes the batch's locks (pair locks, then row locks, each in one order, so two
-    /// instances' batches cannot deadlock on them), then reads the calls in one statement.
-    /// A call that does not decode leaves every call to be read by its own request, which
-    /// then answers `unavailable` alone, as it would without the batch read.
+    /// instances' batches cannot deadlock on them), then reads in one statement the clock,
+    /// the idempotency records of its mutations, the calls with their participants and the
+    /// active calls of its initiates' users. A call that does not decode leaves every call to
+    /// be read by its own request, which then answers `unavailable` alone, as it would
+    /// without the batch read.
     init(_ db: isolated PostgresConnection, _ jobs: [Job]) throws {
         var pairs: [(String, String)] = []
         var users: Set<String> = []
@@ -66,15 +74,18 @@ struct BatchCalls {
         let lockedIDs = try CallStore.lockCalls(db, Array(toLock), ringing: glare)
         locked = toLock.union(lockedIDs)
         let ids = Array(locked.union(toRead))
-        do {
-            let found = try CallStore.readCalls(db, ids)
-            for id in ids { calls[id] = .some(found[id]) }
-        } catch is StoredValueError {
+        let read = try CallStore.readBatch(
+            db, calls: ids, activeOf: users.sorted(),
+            processed: jobs.filter { $0.request.type.isMutation }.map(\.idempotencyKey))
+        now = read.now
+        processed = read.processed
+        guard let found = read.calls else {
             locked = []
             return
         }
+        for id in ids { calls[id] = .some(found[id]) }
         glareKnown = Set(glare.map { Direction(from: $0.from, to: $0.to) })
-        activeSessions = try CallStore.activeCalls(db, of: users.sorted())
+        activeSessions = read.activeCalls
         activeKnown = users
     }
 

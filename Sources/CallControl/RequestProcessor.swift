@@ -32,9 +32,9 @@ struct JobOutcome: Sendable {
 
 enum RequestProcessor {
     /// Applies `jobs` in order inside the caller's transaction. The batch's reads come first,
-    /// a few statements whatever its size: the clock with the idempotency records, the pair
-    /// locks of its 1:1 initiates, the row locks of the calls it changes (in one order), then
-    /// those calls with their participants. The decisions change the calls in memory; at the
+    /// a few statements whatever its size: the pair locks of its 1:1 initiates, the row locks
+    /// of the calls it changes (in one order), then one read of the clock, the idempotency
+    /// records, those calls with their participants and the busy users. The decisions change the calls in memory; at the
     /// end one statement writes each changed call once in its final state, the idempotency
     /// records and the outbox messages, and removes `deletingPublished` (rows earlier batches
     /// published): nothing inside the batch reads them back (duplicates within the batch are
@@ -43,9 +43,9 @@ enum RequestProcessor {
     static func process(_ db: isolated PostgresConnection, _ jobs: [Job], deletingPublished: [Int64] = []) throws
         -> [JobOutcome]
     {
-        var (now, processed) = try CallStore.nowAndProcessed(
-            db, keys: jobs.filter { $0.request.type.isMutation }.map(\.idempotencyKey))
-        var calls = try BatchCalls(db, jobs.filter { !($0.request.type.isMutation && processed[$0.idempotencyKey] != nil) })
+        var calls = try BatchCalls(db, jobs)
+        let now = calls.now
+        var processed = calls.processed
         var outcomes: [JobOutcome] = []
         outcomes.reserveCapacity(jobs.count)
         var records: [ProcessedRequest] = []

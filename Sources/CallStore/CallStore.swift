@@ -573,6 +573,82 @@ public enum CallStore {
         return calls
     }
 
+    /// What a batch reads after taking its locks, in one statement (one snapshot): the
+    /// database's clock, the requests of `keys` already applied (see `nowAndProcessed`), the
+    /// calls `ids` with their participants, and the call each of `users` is active in.
+    /// `calls` is nil when one of them does not read back (`undecodable`): the batch then
+    /// reads each call with its own request, which answers `unavailable` alone.
+    public struct BatchRead: Sendable {
+        public var now: Date
+        public var processed: [IdempotencyKey: ProcessedRequest]
+        public var calls: [UUID: CallSession]?
+        public var undecodable: StoredValueError?
+        public var activeCalls: [String: UUID]
+    }
+
+    public static func readBatch(
+        _ db: isolated PostgresConnection, calls ids: [UUID], activeOf users: [String], processed keys: [IdempotencyKey]
+    ) throws -> BatchRead {
+        // One row shape for four kinds (last column): a call with a participant ('c'), the
+        // clock in initiated_at's place ('n'), a processed request in four text columns
+        // ('r'), an active participation as session_id and uid ('a').
+        let rows = try db.query(
+            """
+            SELECT \(fragment: callColumnsOfC),
+                   p.uid, p.role, p.status, p.joined_at, p.left_at, p.rang_at, p.left_reason, p.last_seen_at, 'c'
+            FROM calls c LEFT JOIN call_participants p ON p.session_id = c.session_id
+            WHERE c.session_id = ANY(\(ids))
+            UNION ALL
+            SELECT NULL, NULL, NULL, NULL, NULL, NULL, clock_timestamp(), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'n'
+            UNION ALL
+            SELECT NULL, r.message_id, r.request_type, r.actor, r.reply, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'r'
+            FROM unnest(\(keys.map(\.actor))::text[], \(keys.map(\.messageID))::text[]) AS k(actor, message_id)
+            JOIN processed_requests r ON r.actor = k.actor AND r.message_id = k.message_id
+            UNION ALL
+            SELECT a.session_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                   a.uid, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'a'
+            FROM call_participants a WHERE a.active AND a.uid = ANY(\(users))
+            """)
+        var now: Date?
+        var processed: [IdempotencyKey: ProcessedRequest] = [:]
+        var calls: [UUID: CallSession] = [:]
+        var undecodable: StoredValueError?
+        var active: [String: UUID] = [:]
+        for row in rows {
+            switch try row.decode(String.self, at: 23) {
+            case "n":
+                now = try row.decode(Date.self, at: 6)
+            case "r":
+                let (id, type, actor, reply) = try (
+                    row.decode(String.self, at: 1), row.decode(String.self, at: 2), row.decode(String.self, at: 3),
+                    row.decode(String.self, at: 4)
+                )
+                processed[IdempotencyKey(actor: actor, messageID: id)] = ProcessedRequest(
+                    messageID: id, type: type, actor: actor, reply: reply)
+            case "a":
+                active[try row.decode(String.self, at: 15)] = try row.decode(UUID.self, at: 0)
+            default:
+                guard undecodable == nil else { continue }
+                do {
+                    let id = try row.decode(UUID.self, at: 0)
+                    if calls[id] == nil { calls[id] = try decodeCall(row) }
+                    if try row.decode(String?.self, at: 15) != nil {
+                        calls[id]!.participants.append(try decodeParticipant(row, from: 15, of: id))
+                    }
+                } catch let error as StoredValueError {
+                    undecodable = error
+                }
+            }
+        }
+        guard let now else { throw PostgresError(.decoding, "the clock query returned no row") }
+        for id in calls.keys { calls[id]!.participants = inOrder(calls[id]!.participants) }
+        return BatchRead(
+            now: now, processed: processed, calls: undecodable == nil ? calls : nil, undecodable: undecodable,
+            activeCalls: active)
+    }
+
     /// The initiator first, then the others by uid.
     private static func inOrder(_ participants: [Participant]) -> [Participant] {
         participants.sorted { lhs, rhs in lhs.role == rhs.role ? lhs.uid < rhs.uid : lhs.role == .initiator }

@@ -66,6 +66,26 @@ import Testing
         await db.close()
     }
 
+    /// The batch reads the clock and its idempotency records with its calls, after the locks:
+    /// a request applied by an earlier batch still gets its first reply and changes nothing.
+    @Test func aRequestRepeatedInALaterBatchGetsItsFirstReply() async throws {
+        let db = try await B.connect()
+        let cast = B.Cast()
+        let (alice, bob) = (cast.uid("alice"), cast.uid("bob"))
+        let initiate = try B.initiate(alice, bob)
+        let first = try await B.apply(db, [[initiate]])[0]
+        let id = first.sessionID!.uuidString
+        let accept = try B.job(.accept, bob, ["session_id": id, "device_id": "phone"])
+        let again = try await B.apply(db, [[initiate, accept, accept]])
+        #expect(again.map(\.code) == ["duplicate", "ok", "duplicate"])
+        #expect(again[0].reply == first.reply)
+        #expect(again[0].outbox.isEmpty && again[2].outbox.isEmpty)
+        let calls = try await db.withTransaction { db in try CallStore.readCalls(db, [first.sessionID!]) }
+        #expect(calls.count == 1)
+        #expect(calls.values.first?.status == .ongoing)
+        await db.close()
+    }
+
     /// A call answered, kept alive and ended in one batch is one row update and one update per
     /// participant, not one per request.
     @Test func aCallChangedSeveralTimesInOneBatchIsWrittenOnce() async throws {
