@@ -19,6 +19,7 @@ public struct TokenServiceConfiguration: Sendable {
     public var lifetime: Duration
     public var issuer: String
     public var audience: String
+    /// Consumers per instance; one by default, for the reason call-control's are.
     public var workers: Int
     public var prefetch: Int
     public var instanceName: String
@@ -49,7 +50,7 @@ public struct TokenServiceConfiguration: Sendable {
         lifetime = .seconds(try environment.integer("RINGING_TOKEN_TTL_S", default: 600, in: 30...86_400))
         issuer = environment.string("RINGING_TOKEN_ISSUER", default: "ringing")
         audience = environment.string("RINGING_TOKEN_AUDIENCE", default: "ringing-media")
-        workers = try environment.integer("RINGING_TOKEN_WORKERS", default: 2, in: 1...64)
+        workers = try environment.integer("RINGING_TOKEN_WORKERS", default: 1, in: 1...64)
         prefetch = try environment.integer("RINGING_PREFETCH", default: 64, in: 1...10_000)
         instanceName = environment.string("RINGING_INSTANCE", default: "token-service-\(getpid())")
         database.applicationName = instanceName
