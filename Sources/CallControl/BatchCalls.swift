@@ -2,7 +2,7 @@
 // decisions change them: a request costs neither a lock nor a read of its own, and a call is
 // written once, in its final state, with the batch's other writes (`takeWrites`). For its 1:1
 // initiates the batch also holds, from the start, the calls still ringing between each pair
-// (glare) and the calls their users are active in (busy).
+// (glare) and which call each of their users is active in (busy).
 import CallRules
 import CallStore
 import Foundation
@@ -27,7 +27,7 @@ struct BatchCalls {
     }
     /// For the users in `activeKnown`, the call each is active in: as read at the start, then
     /// kept current from the batch's own writes (a user's participation changes only through
-    /// `saved`). A concurrent transaction can still make one of them active meanwhile, as it
+    /// `save`). A concurrent transaction can still make one of them active meanwhile, as it
     /// could between two statements: the one-active-call index then fails the commit and the
     /// batch is applied again one request at a time.
     private var activeSessions: [String: UUID] = [:]
@@ -211,8 +211,9 @@ struct BatchCalls {
     }
 
     /// Keeps `uid`'s participation in call `id` live at `now` (DESIGN §10): on the batch's
-    /// copy when it holds the call under its lock (written with the batch), otherwise with
-    /// the guarded statement. A call the lock found missing needs neither.
+    /// copy when it holds the call under its lock or has changes of it not yet written
+    /// (written with the batch), otherwise with the guarded statement. A call the lock found
+    /// missing needs neither.
     mutating func touch(_ db: isolated PostgresConnection, _ id: UUID, _ uid: String, at now: Date) throws {
         guard locked.contains(id) || stored.index(forKey: id) != nil, let held = calls[id] else {
             try CallStore.touch(db, id, uid, at: now)

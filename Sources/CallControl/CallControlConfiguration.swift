@@ -16,7 +16,9 @@ public struct CallControlConfiguration: Sendable {
     /// split the load into more, smaller batches, each costing nearly as much as a full one
     /// (issue 17: on the benchmark's 2-core machine one worker gave 1.25× the requests/s at
     /// 0.73× the CPU per request, and half the time to ring at 1,000 requests/s). More only
-    /// help where round trips to a distant database, not CPU, limit an instance.
+    /// help where round trips to a distant database, not CPU, limit an instance. With one,
+    /// a batch being retried (the database away, a deadlock) holds up the instance's intake
+    /// until it commits or its deliveries go back to the broker; other instances go on.
     public var workers: Int
     /// Unacknowledged deliveries per worker.
     public var prefetch: Int

@@ -60,38 +60,6 @@ public enum CallStore {
         try db.query("SELECT clock_timestamp()")[0].decode(Date.self, at: 0)
     }
 
-    /// The database's clock and the requests of `keys` already applied, by (`sub`,
-    /// `message_id`) (the idempotency key of DESIGN §2, so the same `message_id` from two
-    /// users is two requests), in one statement: a batch's first read. Each key is looked up
-    /// as a pair in the primary key (actor, message_id).
-    public static func nowAndProcessed(_ db: isolated PostgresConnection, keys: [IdempotencyKey]) throws -> (
-        now: Date, processed: [IdempotencyKey: ProcessedRequest]
-    ) {
-        var now: Date?
-        var result: [IdempotencyKey: ProcessedRequest] = [:]
-        for row in try db.query(
-            """
-            SELECT clock_timestamp(), NULL, NULL, NULL, NULL
-            UNION ALL
-            SELECT NULL, r.message_id, r.request_type, r.actor, r.reply
-            FROM unnest(\(keys.map(\.actor))::text[], \(keys.map(\.messageID))::text[]) AS k(actor, message_id)
-            JOIN processed_requests r ON r.actor = k.actor AND r.message_id = k.message_id
-            """)
-        {
-            guard let id = try row.decode(String?.self, at: 1) else {
-                now = try row.decode(Date.self, at: 0)
-                continue
-            }
-            let (type, actor, reply) = try (
-                row.decode(String.self, at: 2), row.decode(String.self, at: 3), row.decode(String.self, at: 4)
-            )
-            result[IdempotencyKey(actor: actor, messageID: id)] = ProcessedRequest(
-                messageID: id, type: type, actor: actor, reply: reply)
-        }
-        guard let now else { throw PostgresError(.decoding, "the clock query returned no row") }
-        return (now, result)
-    }
-
     public static func recordProcessed(_ db: isolated PostgresConnection, _ request: ProcessedRequest) throws {
         try recordProcessed(db, [request])
     }
@@ -574,7 +542,8 @@ public enum CallStore {
     }
 
     /// What a batch reads after taking its locks, in one statement (one snapshot): the
-    /// database's clock, the requests of `keys` already applied (see `nowAndProcessed`), the
+    /// database's clock, the requests of `keys` already applied (by (`sub`, `message_id`), the
+    /// idempotency key of DESIGN §2, each looked up as a pair in the primary key), the
     /// calls `ids` with their participants, and the call each of `users` is active in.
     /// `calls` is nil when one of them does not read back (`undecodable`): the batch then
     /// reads each call with its own request, which answers `unavailable` alone.

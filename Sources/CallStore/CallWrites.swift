@@ -1,5 +1,5 @@
 // Writing the calls a batch changed, each once in its final state, with one statement for
-// the whole batch (one sub-statement per table) rather than one per decision.
+// the whole batch (a sub-statement or two per table) rather than one per decision.
 public import CallRules
 public import Foundation
 public import PostgresClient
@@ -141,7 +141,8 @@ extension CallStore {
     /// A batch's one write: the calls it created or changed (each once, in its final state,
     /// with the participants whose rows change), the removal of the outbox rows earlier
     /// batches published (`published`), the replies recorded for idempotency and the outbox
-    /// messages, returned with their ids. One statement with a sub-statement per table.
+    /// messages, returned with their ids. One statement: a sub-statement per table, two for
+    /// `calls` (new and changed rows).
     ///
     /// Only the participants' rows meet the one-active-call index, in the order written:
     /// rows that make a user active come after every other, and a row this transaction has
