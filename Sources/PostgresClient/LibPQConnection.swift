@@ -17,6 +17,11 @@ final class LibPQConnection {
     private struct PreparedKey: Hashable {
         var sql: String
         var types: [Oid]
+
+        init(_ query: PostgresQuery) {
+            sql = query.sql
+            types = query.binds.map { Oid($0.type.oid) }
+        }
     }
 
     /// Connects; waits at most `connectTimeout` (libpq's `connect_timeout`).
@@ -66,33 +71,84 @@ final class LibPQConnection {
     /// Runs one statement with bind parameters (extended protocol, text format).
     func execute(_ query: PostgresQuery) throws(PostgresError) -> PostgresRows {
         let connection = try liveHandle()
+        let key = PreparedKey(query)
+        let name = try preparedName(key)
+        try send(query, key: key, name: name, on: connection)
+        do {
+            return try collectResults()
+        } catch {
+            forgetInvalidatedPlan(error, key: key, name: name)
+            throw error
+        }
+    }
+
+    /// Runs `queries` in order as one pipeline: sent together and answered together, one
+    /// round trip for all (libpq's pipeline mode, one sync at the end). Once one fails, the
+    /// server skips the rest and its error is thrown; outside a transaction block they all
+    /// run in one implicit transaction, rolled back by the failure.
+    func executePipeline(_ queries: [PostgresQuery]) throws(PostgresError) -> [PostgresRows] {
+        if queries.count == 1 { return [try execute(queries[0])] }
+        let connection = try liveHandle()
+        let keys = queries.map(PreparedKey.init)
+        // Prepared beforehand, outside the pipeline: once per statement and connection.
+        var names: [String?] = []
+        for key in keys { names.append(try preparedName(key)) }
+        guard PQenterPipelineMode(connection) == 1 else { throw connectionError("entering pipeline mode failed") }
+        for index in queries.indices {
+            try send(queries[index], key: keys[index], name: names[index], on: connection)
+        }
+        guard PQpipelineSync(connection) == 1 else { throw connectionError("sending the pipeline's sync failed") }
+        let deadline = ContinuousClock.now + configuration.statementTimeout + configuration.clientGrace
+        var results: [PostgresRows] = []
+        var failure: (index: Int, error: PostgresError)?
+        for index in queries.indices {
+            let (rows, error) = try nextResults(connection, until: deadline)
+            results.append(rows)
+            if let error, failure == nil { failure = (index, error) }
+        }
+        // The sync's own result ends the pipeline.
+        try waitForResult(connection, until: deadline)
+        if let sync = PQgetResult(connection) {
+            let status = PQresultStatus(sync)
+            PQclear(sync)
+            guard status == PGRES_PIPELINE_SYNC else {
+                close()
+                throw PostgresError(.connectionLost, "the pipeline ended without its sync (status \(status.rawValue))")
+            }
+        }
+        guard PQexitPipelineMode(connection) == 1 else { throw connectionError("leaving pipeline mode failed") }
+        if let failure {
+            forgetInvalidatedPlan(failure.error, key: keys[failure.index], name: names[failure.index])
+            throw failure.error
+        }
+        return results
+    }
+
+    /// Sends one statement, by its prepared name when it has one, without waiting.
+    private func send(_ query: PostgresQuery, key: PreparedKey, name: String?, on connection: OpaquePointer)
+        throws(PostgresError)
+    {
         var values: [UnsafeMutablePointer<CChar>?] = query.binds.map { $0.text.map { strdup($0) } ?? nil }
         defer { for value in values { free(value) } }
-        let types = query.binds.map { Oid($0.type.oid) }
-        let key = PreparedKey(sql: query.sql, types: types)
-        let name = try preparedName(key)
         let sent = values.withUnsafeMutableBufferPointer { values in
             values.withMemoryRebound(to: UnsafePointer<CChar>?.self) { values in
                 if let name {
-                    PQsendQueryPrepared(connection, name, Int32(types.count), values.baseAddress, nil, nil, 0)
+                    PQsendQueryPrepared(connection, name, Int32(key.types.count), values.baseAddress, nil, nil, 0)
                 } else {
-                    PQsendQueryParams(connection, query.sql, Int32(types.count), types, values.baseAddress, nil, nil, 0)
+                    PQsendQueryParams(connection, query.sql, Int32(key.types.count), key.types, values.baseAddress, nil, nil, 0)
                 }
             }
         }
         guard sent == 1 else { throw connectionError("sending the query failed") }
-        do {
-            return try collectResults()
-        } catch {
-            // A plan invalidated by a schema change ("cached plan must not change result
-            // type"): prepare it afresh next time.
-            if let name, error.sqlState == .featureNotSupported {
-                prepared[key] = nil
-                _ = PQsendQuery(connection, "DEALLOCATE \(name)")
-                _ = try? collectResults()
-            }
-            throw error
-        }
+    }
+
+    /// A plan invalidated by a schema change ("cached plan must not change result type"):
+    /// prepare it afresh next time.
+    private func forgetInvalidatedPlan(_ error: PostgresError, key: PreparedKey, name: String?) {
+        guard let name, error.sqlState == .featureNotSupported, let connection = handle, !isBroken else { return }
+        prepared[key] = nil
+        _ = PQsendQuery(connection, "DEALLOCATE \(name)")
+        _ = try? collectResults()
     }
 
     /// The name of the statement prepared on this connection (preparing it the first time), or nil
@@ -147,21 +203,22 @@ final class LibPQConnection {
     private func collectResults() throws(PostgresError) -> PostgresRows {
         let connection = try liveHandle()
         let deadline = ContinuousClock.now + configuration.statementTimeout + configuration.clientGrace
+        let (rows, error) = try nextResults(connection, until: deadline)
+        if let error { throw error }
+        return rows
+    }
+
+    /// Reads the results of the next statement, up to the null result that ends them: its
+    /// rows, and its first error (a statement a pipeline skipped has neither). Throws when
+    /// the connection is lost or the deadline passes; returns the server's error, marking
+    /// the connection broken when the error says the session is gone.
+    private func nextResults(_ connection: OpaquePointer, until deadline: ContinuousClock.Instant) throws(PostgresError)
+        -> (PostgresRows, PostgresError?)
+    {
         var rows = PostgresRows(columns: [], cells: [], affectedRows: 0)
         var firstError: PostgresError?
         while true {
-            while PQisBusy(connection) == 1 {
-                let remaining = deadline - ContinuousClock.now
-                guard remaining > .zero else {
-                    close()
-                    throw PostgresError(
-                        .timeout,
-                        "no answer from \(configuration.redactedURL) within \(configuration.statementTimeout + configuration.clientGrace)"
-                    )
-                }
-                _ = waitReadable([PQsocket(connection)], timeout: remaining)
-                guard PQconsumeInput(connection) == 1 else { throw connectionError("reading the result failed") }
-            }
+            try waitForResult(connection, until: deadline)
             guard let result = PQgetResult(connection) else { break }
             defer { PQclear(result) }
             switch PQresultStatus(result) {
@@ -169,7 +226,7 @@ final class LibPQConnection {
                 rows = Self.copyRows(result)
             case PGRES_COMMAND_OK:
                 rows = PostgresRows(columns: [], cells: [], affectedRows: Int(String(cString: PQcmdTuples(result))) ?? 0)
-            case PGRES_EMPTY_QUERY, PGRES_NONFATAL_ERROR:
+            case PGRES_EMPTY_QUERY, PGRES_NONFATAL_ERROR, PGRES_PIPELINE_ABORTED:
                 break
             default:
                 if firstError == nil { firstError = Self.serverError(result) }
@@ -181,14 +238,29 @@ final class LibPQConnection {
             error.code = .connectionLost
             throw error
         }
-        if var error = firstError {
-            if error.sqlState?.isConnectionFailure ?? false {
-                isBroken = true
-                error.code = .connectionLost
-            }
+        if var error = firstError, error.sqlState?.isConnectionFailure ?? false {
+            isBroken = true
+            error.code = .connectionLost
             throw error
         }
-        return rows
+        return (rows, firstError)
+    }
+
+    /// Waits until the next result can be read without blocking, at most until `deadline`;
+    /// then gives the connection up.
+    private func waitForResult(_ connection: OpaquePointer, until deadline: ContinuousClock.Instant) throws(PostgresError) {
+        while PQisBusy(connection) == 1 {
+            let remaining = deadline - ContinuousClock.now
+            guard remaining > .zero else {
+                close()
+                throw PostgresError(
+                    .timeout,
+                    "no answer from \(configuration.redactedURL) within \(configuration.statementTimeout + configuration.clientGrace)"
+                )
+            }
+            _ = waitReadable([PQsocket(connection)], timeout: remaining)
+            guard PQconsumeInput(connection) == 1 else { throw connectionError("reading the result failed") }
+        }
     }
 
     private func connectionError(_ what: String) -> PostgresError {

@@ -19,6 +19,10 @@ public actor PostgresConnection {
     private let logger: Logger
     public nonisolated let configuration: PostgresConfiguration
     private var inTransaction = false
+    /// The body of the current transaction committed it (`queryThenCommit`).
+    private var committed = false
+    /// Statements to send with the next one (`queryLater`).
+    private var deferred: [PostgresQuery] = []
     private nonisolated let healthy = Atomic<Bool>(true)
 
     private init(configuration: PostgresConfiguration, logger: Logger) {
@@ -46,24 +50,47 @@ public actor PostgresConnection {
     /// `isUsable` as of the last statement, readable from any task without a hop.
     public nonisolated var isHealthy: Bool { healthy.load(ordering: .relaxed) }
 
-    /// Runs one statement and returns its rows.
+    /// Runs one statement and returns its rows; the statements deferred with `queryLater`
+    /// go first, in the same round trip.
     @discardableResult
     public func query(_ query: PostgresQuery) throws(PostgresError) -> PostgresRows {
+        try pipeline([query])[0]
+    }
+
+    /// Defers a statement whose rows nobody reads (BEGIN, taking locks): it is sent with the
+    /// next statement, in one round trip, and its error is thrown there. The statements run
+    /// in the order they were given.
+    public func queryLater(_ query: PostgresQuery) {
+        deferred.append(query)
+    }
+
+    /// Runs the deferred statements and then `queries` in one round trip (libpq's pipeline
+    /// mode); returns the rows of `queries`. When one fails, the rest are skipped and its
+    /// error is thrown.
+    @discardableResult
+    public func pipeline(_ queries: [PostgresQuery]) throws(PostgresError) -> [PostgresRows] {
         guard let connection else { throw PostgresError(.closed, "the connection is closed") }
         defer { healthy.store(!connection.isBroken, ordering: .relaxed) }
-        return try connection.execute(query)
+        let earlier = deferred
+        deferred = []
+        return Array(try connection.executePipeline(earlier + queries).dropFirst(earlier.count))
     }
 
     /// Runs SQL text that may hold several statements and takes no parameters (migrations).
     public func executeScript(_ sql: String) throws(PostgresError) {
         guard let connection else { throw PostgresError(.closed, "the connection is closed") }
         defer { healthy.store(!connection.isBroken, ordering: .relaxed) }
+        if !deferred.isEmpty { try pipeline([]) }
         try connection.executeScript(sql)
     }
 
     /// Runs `body` in a transaction on this connection's thread: COMMIT when it returns,
     /// ROLLBACK when it throws. The body is synchronous on purpose: no other work can
     /// interleave with the transaction, and no thread hop happens per statement.
+    ///
+    /// BEGIN goes with the body's first statement (`queryLater`), and a body that ends with
+    /// `queryThenCommit` sends COMMIT with its last statement: a transaction of one statement
+    /// costs one round trip.
     @discardableResult
     public func withTransaction<T: Sendable>(
         _ isolation: IsolationLevel = .readCommitted,
@@ -71,16 +98,39 @@ public actor PostgresConnection {
     ) throws -> T {
         precondition(!inTransaction, "withTransaction does not nest")
         inTransaction = true
+        committed = false
         defer { inTransaction = false }
-        try query(isolation == .readCommitted ? "BEGIN" : beginStatement(isolation))
+        queryLater(beginStatement(isolation))
         do {
             let value = try body(self)
-            try query("COMMIT")
+            if !committed {
+                if deferred.count == 1 && deferred[0].sql.hasPrefix("BEGIN") {
+                    deferred = []  // nothing ran: nothing to commit
+                } else {
+                    try query("COMMIT")
+                }
+            }
             return value
         } catch {
-            if isUsable { _ = try? query("ROLLBACK") }
+            if deferred.first?.sql.hasPrefix("BEGIN") ?? false {
+                deferred = []  // the transaction never started
+            } else if isUsable && !committed {
+                deferred = []
+                _ = try? query("ROLLBACK")
+            }
             throw error
         }
+    }
+
+    /// Runs `query` and then COMMIT in one round trip: the last statement of a
+    /// `withTransaction` body, which then commits nothing more. When `query` fails, COMMIT is
+    /// skipped and the transaction rolls back as usual.
+    @discardableResult
+    public func queryThenCommit(_ query: PostgresQuery) throws(PostgresError) -> PostgresRows {
+        precondition(inTransaction && !committed, "queryThenCommit ends a withTransaction body")
+        let rows = try pipeline([query, "COMMIT"])[0]
+        committed = true
+        return rows
     }
 
     private func beginStatement(_ level: IsolationLevel) -> PostgresQuery {
