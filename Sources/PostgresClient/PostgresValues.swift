@@ -254,22 +254,32 @@ public struct PostgresNullableArray<Element: PostgresArrayElement>: PostgresEnco
 }
 
 /// An array literal of elements in text form, each quoted (nil is an unquoted NULL).
-/// Escaped byte by byte: in UTF-8 a quote or backslash byte is never part of another
-/// character, and large elements (JSON bodies) stay cheap.
+/// Escaped by runs of bytes: in UTF-8 a quote or backslash byte is never part of another
+/// character, so the bytes between two of them are copied whole, and large elements (JSON
+/// bodies) cost a scan and a copy.
 private func arrayLiteral(_ elements: [String?]) -> String {
     let quote = UInt8(ascii: "\"")
     let backslash = UInt8(ascii: "\\")
-    var bytes: [UInt8] = [UInt8(ascii: "{")]
+    var capacity = 2
+    for element in elements { capacity += (element?.utf8.count ?? 4) + 3 }
+    var bytes: [UInt8] = []
+    bytes.reserveCapacity(capacity)
+    bytes.append(UInt8(ascii: "{"))
     for (index, element) in elements.enumerated() {
         if index > 0 { bytes.append(UInt8(ascii: ",")) }
-        guard let element else {
+        guard var element else {
             bytes.append(contentsOf: "NULL".utf8)
             continue
         }
         bytes.append(quote)
-        for byte in element.utf8 {
-            if byte == quote || byte == backslash { bytes.append(backslash) }
-            bytes.append(byte)
+        element.withUTF8 { text in
+            var start = 0
+            for position in text.indices where text[position] == quote || text[position] == backslash {
+                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: text[start..<position]))
+                bytes.append(backslash)
+                start = position
+            }
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: text[start...]))
         }
         bytes.append(quote)
     }

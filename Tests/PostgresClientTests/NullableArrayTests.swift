@@ -35,4 +35,18 @@ import Testing
         #expect(try times.decode([Date].self, at: 0) == [when, when.addingTimeInterval(1)])
         await pool.close()
     }
+
+    @Test func quotesBackslashesAndOtherCharactersReachTheServerAsSent() async throws {
+        let pool = PostgresPool(configuration: try PostgresConfiguration(url: TestEnvironment.databaseURL), size: 1)
+        let texts = [
+            #"{"body":"say \"hi\"","path":"C:\\x"}"#, "\"", "\\", "", "ünï \"cödé\" 📞\\", "NULL",
+            String(repeating: "a\"b", count: 500),
+        ]
+        let back = try await pool.query("SELECT \(texts)::text[]")[0].decode([String].self, at: 0)
+        #expect(back == texts)
+        let lengths = try await pool.query(
+            "SELECT array_agg(octet_length(t) ORDER BY n) FROM unnest(\(texts)::text[]) WITH ORDINALITY AS u(t, n)")
+        #expect(try lengths[0].decode([Int].self, at: 0) == texts.map(\.utf8.count))
+        await pool.close()
+    }
 }
