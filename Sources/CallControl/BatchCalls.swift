@@ -67,7 +67,7 @@ struct BatchCalls {
                 break
             }
         }
-        try CallStore.lockPairs(db, pairs)
+        CallStore.lockPairs(db, pairs)
         lockedPairs = Set(pairs.map(CallStore.pairLockKey))
         // An initiate from a to b glares with a call b is ringing a with.
         let glare = pairs.map { (from: $0.1, to: $0.0) }

@@ -253,7 +253,7 @@ public final class CallControlService: ComposedService, Sendable {
                 do {
                     return try await pool.withConnection { connection in
                         try await connection.withTransaction { db in
-                            try RequestProcessor.process(db, jobs, deletingPublished: deleting)
+                            try RequestProcessor.process(db, jobs, deletingPublished: deleting, committing: true)
                         }
                     }
                 } catch {
@@ -280,7 +280,7 @@ public final class CallControlService: ComposedService, Sendable {
     private func applyAlone(_ job: Job) async throws -> JobOutcome {
         do {
             return try await pool.withConnection { connection in
-                try await connection.withTransaction { db in try RequestProcessor.process(db, [job]) }[0]
+                try await connection.withTransaction { db in try RequestProcessor.process(db, [job], committing: true) }[0]
             }
         } catch let error as PostgresError where error.sqlState == .uniqueViolation {
             let outcome = RequestProcessor.failure(CallError(.callerBusy, "user '\(job.user.uid)' is already in another call"))
@@ -417,14 +417,18 @@ public final class CallControlService: ComposedService, Sendable {
             try await connection.withTransaction { db -> ([OutboxMessage], Int) in
                 let now = try CallStore.now(db)
                 let calls = try due(db, now)
+                var writes: [CallWrite] = []
                 var messages: [OutboxMessage] = []
                 for (call, decision, reason, deadline) in calls where decision.changed {
                     Self.lateness(reason).record(
                         duration: .milliseconds(Int64(max(0, now.timeIntervalSince(deadline)) * 1000)))
-                    try CallStore.save(db, decision.call, previous: call)
+                    writes.append(CallWrite(call: decision.call, stored: call))
                     messages.append(contentsOf: try RequestProcessor.messages(for: decision, traceparent: nil))
                 }
-                return (try CallStore.insertOutbox(db, messages), calls.count)
+                // Every due call's change and its messages in one statement, with COMMIT.
+                let stored = try CallStore.finishBatch(
+                    db, calls: writes, deletingPublished: [], records: [], outbox: messages, committing: true)
+                return (stored, calls.count)
             }
         }
         guard !outbox.0.isEmpty else { return outbox.1 }

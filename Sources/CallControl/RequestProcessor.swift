@@ -40,9 +40,12 @@ enum RequestProcessor {
     /// published): nothing inside the batch reads them back (duplicates within the batch are
     /// found in memory; a request that must read the database first writes what the batch
     /// changed so far), and a racing duplicate from another instance still fails the commit.
-    static func process(_ db: isolated PostgresConnection, _ jobs: [Job], deletingPublished: [Int64] = []) throws
-        -> [JobOutcome]
-    {
+    ///
+    /// With `committing`, the write and COMMIT go in one round trip: the caller's transaction
+    /// then ends with it.
+    static func process(
+        _ db: isolated PostgresConnection, _ jobs: [Job], deletingPublished: [Int64] = [], committing: Bool = false
+    ) throws -> [JobOutcome] {
         var calls = try BatchCalls(db, jobs)
         let now = calls.now
         var processed = calls.processed
@@ -80,7 +83,7 @@ enum RequestProcessor {
         }
         var stored = try CallStore.finishBatch(
             db, calls: calls.takeWrites(), deletingPublished: deletingPublished, records: records,
-            outbox: outcomes.flatMap(\.outbox))[...]
+            outbox: outcomes.flatMap(\.outbox), committing: committing)[...]
         for index in outcomes.indices where !outcomes[index].outbox.isEmpty {
             let count = outcomes[index].outbox.count
             outcomes[index].outbox = Array(stored.prefix(count))

@@ -122,11 +122,13 @@ public enum CallStore {
     public static func pairLockKey(_ a: String, _ b: String) -> String { a < b ? "\(a)|\(b)" : "\(b)|\(a)" }
 
     /// Takes the pair locks of a batch's 1:1 initiates in one statement, each key once and in
-    /// one order (the keys of `lockPair`, so instances interlock whichever they run).
-    public static func lockPairs(_ db: isolated PostgresConnection, _ pairs: [(String, String)]) throws {
+    /// one order (the keys of `lockPair`, so instances interlock whichever they run). The
+    /// statement goes with the transaction's next one (`queryLater`), which runs once the
+    /// locks are held; a failure to take them is thrown there.
+    public static func lockPairs(_ db: isolated PostgresConnection, _ pairs: [(String, String)]) {
         let keys = Set(pairs.map(pairLockKey)).sorted()
         guard !keys.isEmpty else { return }
-        try db.query("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(\(keys)::text[]) AS k")
+        db.queryLater("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(\(keys)::text[]) AS k")
     }
 
     /// Takes the row locks of `ids` in one statement, in session_id order (the sort runs
@@ -268,101 +270,6 @@ public enum CallStore {
             """)
     }
 
-    /// Writes a call created or changed by a decision: one statement, the call row in a
-    /// data-modifying CTE and its participants in the main statement.
-    public static func save(_ db: isolated PostgresConnection, _ call: CallSession, previous: CallSession?) throws {
-        var query = PostgresQuery.StringInterpolation(literalCapacity: 900, interpolationCount: 16 + call.participants.count * 8)
-        /// One parameter, then `separator`.
-        func bind<T: PostgresEncodable>(_ value: T?, _ separator: String = ", ") {
-            query.appendInterpolation(value)
-            query.appendLiteral(separator)
-        }
-        guard let previous else {
-            query.appendLiteral(
-                """
-                WITH c AS (INSERT INTO calls (session_id, initiator, receiver_id, receiver_type, call_type, status, initiated_at,
-                    expires_at, answered_at, ended_at, duration_s, ended_by, metadata, sequence, ring_pending, end_reason)
-                VALUES (
-                """)
-            bind(call.sessionID)
-            bind(call.initiator)
-            bind(call.receiverID)
-            bind(call.receiverType.rawValue)
-            bind(call.callType.rawValue)
-            bind(call.status.rawValue)
-            bind(call.initiatedAt)
-            bind(call.expiresAt)
-            bind(call.answeredAt)
-            bind(call.endedAt)
-            bind(call.durationSeconds)
-            bind(call.endedBy)
-            bind(
-                PostgresJSONB(String(decoding: (try? JSONEncoder().encode(call.metadata)) ?? Data("{}".utf8), as: UTF8.self)))
-            bind(call.sequence)
-            bind(call.ringPending)
-            bind(call.endReason?.rawValue, "))\n")
-            query.appendLiteral(
-                "INSERT INTO call_participants (session_id, uid, role, status, joined_at, left_at, active, initiated_at) VALUES ")
-            for (index, participant) in call.participants.enumerated() {
-                query.appendLiteral(index == 0 ? "(" : ", (")
-                bind(call.sessionID)
-                bind(participant.uid)
-                bind(participant.role.rawValue)
-                bind(participant.status.rawValue)
-                bind(participant.joinedAt)
-                bind(participant.leftAt)
-                bind(participant.isActive(in: call.status))
-                bind(call.initiatedAt, ")")
-            }
-            try db.query(PostgresQuery(stringInterpolation: query))
-            return
-        }
-        let before = Dictionary(
-            uniqueKeysWithValues: previous.participants.map { ($0.uid, ($0, $0.isActive(in: previous.status))) })
-        let changed = call.participants.filter { participant in
-            guard let (old, wasActive) = before[participant.uid] else { return true }
-            return old != participant || wasActive != participant.isActive(in: call.status)
-        }
-        // The changed participants go in the same statement (each uid once, so the
-        // one-active-call index cannot see two rows of one user here).
-        query.appendLiteral(changed.isEmpty ? "" : "WITH c AS (")
-        query.appendLiteral(
-            "UPDATE calls SET (status, answered_at, ended_at, duration_s, ended_by, sequence, ring_pending, end_reason) = (")
-        bind(call.status.rawValue)
-        bind(call.answeredAt)
-        bind(call.endedAt)
-        bind(call.durationSeconds)
-        bind(call.endedBy)
-        bind(call.sequence)
-        bind(call.ringPending)
-        bind(call.endReason?.rawValue, ") WHERE session_id = ")
-        bind(call.sessionID, "")
-        if !changed.isEmpty {
-            query.appendLiteral(
-                """
-                )
-                UPDATE call_participants p SET status = v.status, joined_at = v.joined_at, left_at = v.left_at, active = v.active,
-                    rang_at = v.rang_at, left_reason = v.left_reason, last_seen_at = v.last_seen_at
-                FROM (VALUES\u{20}
-                """)
-            for (index, participant) in changed.enumerated() {
-                query.appendLiteral(index == 0 ? "(" : ", (")
-                bind(participant.uid, "::text, ")
-                bind(participant.status.rawValue, "::text, ")
-                bind(participant.joinedAt, "::timestamptz, ")
-                bind(participant.leftAt, "::timestamptz, ")
-                bind(participant.isActive(in: call.status), "::bool, ")
-                bind(participant.rangAt, "::timestamptz, ")
-                bind(participant.leftReason?.rawValue, "::text, ")
-                bind(participant.lastSeenAt, "::timestamptz)")
-            }
-            query.appendLiteral(
-                ") AS v(uid, status, joined_at, left_at, active, rang_at, left_reason, last_seen_at) WHERE p.session_id = ")
-            bind(call.sessionID, " AND p.uid = v.uid")
-        }
-        try db.query(PostgresQuery(stringInterpolation: query))
-    }
-
     public static func history(_ db: isolated PostgresConnection, of uid: String, _ query: HistoryQuery) throws -> (
         calls: [CallSession], next: HistoryCursor?
     ) {
@@ -416,20 +323,6 @@ public enum CallStore {
     }
 
     // MARK: - Outbox
-
-    /// Writes messages to the outbox in one statement (whatever their number: one SQL text,
-    /// prepared once); returns them with their ids.
-    public static func insertOutbox(_ db: isolated PostgresConnection, _ messages: [OutboxMessage]) throws -> [OutboxMessage] {
-        try finishBatch(db, deletingPublished: [], records: [], outbox: messages)
-    }
-
-    /// A batch's last write without calls (see the other `finishBatch`).
-    public static func finishBatch(
-        _ db: isolated PostgresConnection, deletingPublished published: [Int64], records: [ProcessedRequest],
-        outbox messages: [OutboxMessage]
-    ) throws -> [OutboxMessage] {
-        try finishBatch(db, calls: [], deletingPublished: published, records: records, outbox: messages)
-    }
 
     /// Removes messages whose publish the broker confirmed. A lost delete only means a
     /// duplicate later, which consumers drop by `event_id`, so it need not wait for the disk.

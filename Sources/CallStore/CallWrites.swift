@@ -1,7 +1,7 @@
 // Writing the calls a batch changed, each once in its final state, with one statement for
 // the whole batch (a sub-statement or two per table) rather than one per decision.
 public import CallRules
-public import Foundation
+import Foundation
 public import PostgresClient
 
 /// A call to write: its state now, and its row as the database holds it (nil: a new call).
@@ -149,14 +149,17 @@ extension CallStore {
     /// replaced no longer counts for the index, so a user who leaves one call and joins
     /// another in the batch passes it as with one statement per change. A user active twice
     /// in the result still fails it (23505), as does a racing duplicate of a recorded request.
+    ///
+    /// With `committing`, COMMIT goes in the same round trip (`queryThenCommit`): the
+    /// statement must then be the last of the transaction.
     public static func finishBatch(
         _ db: isolated PostgresConnection, calls writes: [CallWrite], deletingPublished published: [Int64],
-        records: [ProcessedRequest], outbox messages: [OutboxMessage]
+        records: [ProcessedRequest], outbox messages: [OutboxMessage], committing: Bool = false
     ) throws -> [OutboxMessage] {
         guard !writes.isEmpty || !published.isEmpty || !records.isEmpty || !messages.isEmpty else { return [] }
         let c = CallWriteColumns(writes)
         // The ids come from one sequence in the order of `n`: sorted, they match the messages.
-        let ids = try db.query(
+        let statement: PostgresQuery =
             """
             WITH new_calls AS (INSERT INTO calls (session_id, initiator, receiver_id, receiver_type, call_type, status,
                     initiated_at, expires_at, answered_at, ended_at, duration_s, ended_by, metadata, sequence, ring_pending,
@@ -203,7 +206,8 @@ extension CallStore {
             ORDER BY n
             RETURNING id
             """
-        ).map { try $0.decode(Int64.self, at: 0) }.sorted()
+        let rows = try committing ? db.queryThenCommit(statement) : db.query(statement)
+        let ids = try rows.map { try $0.decode(Int64.self, at: 0) }.sorted()
         return zip(messages, ids).map { message, id in
             var stored = message
             stored.id = id
