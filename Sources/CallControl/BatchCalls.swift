@@ -46,7 +46,8 @@ struct BatchCalls {
     /// Takes the batch's locks (pair locks, then row locks, each in one order, so two
     /// instances' batches cannot deadlock on them), then reads in one statement the clock,
     /// the idempotency records of its mutations, the calls with their participants and the
-    /// active calls of its initiates' users. A call that does not decode leaves every call to
+    /// active calls of its initiates' users; BEGIN, the locks and the read go in one round
+    /// trip (pipelined). A call that does not decode leaves every call to
     /// be read by its own request, which then answers `unavailable` alone, as it would
     /// without the batch read.
     init(_ db: isolated PostgresConnection, _ jobs: [Job]) throws {
@@ -71,20 +72,26 @@ struct BatchCalls {
         lockedPairs = Set(pairs.map(CallStore.pairLockKey))
         // An initiate from a to b glares with a call b is ringing a with.
         let glare = pairs.map { (from: $0.1, to: $0.0) }
-        let lockedIDs = try CallStore.lockCalls(db, Array(toLock), ringing: glare)
-        locked = toLock.union(lockedIDs)
-        let ids = Array(locked.union(toRead))
+        CallStore.lockCalls(db, Array(toLock), ringing: glare)
+        // BEGIN, the pair locks and the row locks go with the read: one round trip.
+        let ids = Array(toLock.union(toRead))
         let read = try CallStore.readBatch(
-            db, calls: ids, activeOf: users.sorted(),
+            db, calls: ids, ringing: glare, activeOf: users.sorted(),
             processed: jobs.filter { $0.request.type.isMutation }.map(\.idempotencyKey))
         now = read.now
         processed = read.processed
-        guard let found = read.calls else {
-            locked = []
-            return
-        }
+        guard let found = read.calls else { return }
         for id in ids { calls[id] = .some(found[id]) }
         glareKnown = Set(glare.map { Direction(from: $0.from, to: $0.to) })
+        locked = toLock
+        // The glare candidates the read found: locked with the others, and still ringing.
+        for (id, call) in found
+        where !locked.contains(id) && call.receiverType == .user && call.status == .initiated
+            && glareKnown.contains(Direction(from: call.initiator, to: call.receiverID))
+        {
+            calls[id] = .some(call)
+            locked.insert(id)
+        }
         activeSessions = read.activeCalls
         activeKnown = users
     }

@@ -134,21 +134,17 @@ public enum CallStore {
     /// Takes the row locks of `ids` in one statement, in session_id order (the sort runs
     /// before the locks are taken), until the transaction ends, together with those of the
     /// 1:1 calls each `from` is still ringing `to` with (the glare candidates of an initiate
-    /// from `to` to `from`; take the pairs' locks first, so that no new one can appear).
-    /// Returns the ids locked. Read the calls after it: a statement that waited for a lock
-    /// reads other rows from before the wait, and a candidate that stopped ringing meanwhile
-    /// is locked all the same, so look at its status.
-    public static func lockCalls(
-        _ db: isolated PostgresConnection, _ ids: [UUID], ringing: [(from: String, to: String)] = []
-    )
-        throws -> [UUID]
-    {
+    /// from `to` to `from`; take the pairs' locks first, so that no new one can appear). The
+    /// statement goes with the next one (`queryLater`): read the calls there
+    /// (`readBatch(calls:ringing:)`). A statement that waited for a lock reads other rows from
+    /// before the wait; the next statement reads them as they are once the locks are held.
+    public static func lockCalls(_ db: isolated PostgresConnection, _ ids: [UUID], ringing: [(from: String, to: String)] = []) {
         guard !ringing.isEmpty else {
-            guard !ids.isEmpty else { return [] }
-            return try db.query("SELECT session_id FROM calls WHERE session_id = ANY(\(ids)) ORDER BY session_id FOR UPDATE")
-                .map { try $0.decode(UUID.self, at: 0) }
+            guard !ids.isEmpty else { return }
+            db.queryLater("SELECT session_id FROM calls WHERE session_id = ANY(\(ids)) ORDER BY session_id FOR UPDATE")
+            return
         }
-        return try db.query(
+        db.queryLater(
             """
             SELECT c.session_id FROM calls c
             WHERE c.session_id IN (
@@ -160,8 +156,7 @@ public enum CallStore {
                 LATERAL (SELECT session_id FROM calls WHERE initiator = q.initiator AND receiver_id = q.receiver
                     AND receiver_type = 'user' AND status = 'initiated' OFFSET 0) AS r)
             ORDER BY c.session_id FOR UPDATE OF c
-            """
-        ).map { try $0.decode(UUID.self, at: 0) }
+            """)
     }
 
     /// The call each of `uids` is active in, for those active in one.
@@ -448,8 +443,12 @@ public enum CallStore {
         public var activeCalls: [String: UUID]
     }
 
+    /// Reads, in one statement, the clock, the idempotency records of `keys`, the calls `ids`
+    /// and the 1:1 calls each `from` is ringing `to` with (those `lockCalls` locked, as they are
+    /// now), each with its participants, and the calls `users` are active in.
     public static func readBatch(
-        _ db: isolated PostgresConnection, calls ids: [UUID], activeOf users: [String], processed keys: [IdempotencyKey]
+        _ db: isolated PostgresConnection, calls ids: [UUID], ringing: [(from: String, to: String)] = [],
+        activeOf users: [String], processed keys: [IdempotencyKey]
     ) throws -> BatchRead {
         // One row shape for four kinds (last column): a call with a participant ('c'), the
         // clock in initiated_at's place ('n'), a processed request in four text columns
@@ -459,7 +458,12 @@ public enum CallStore {
             SELECT \(fragment: callColumnsOfC),
                    p.uid, p.role, p.status, p.joined_at, p.left_at, p.rang_at, p.left_reason, p.last_seen_at, 'c'
             FROM calls c LEFT JOIN call_participants p ON p.session_id = c.session_id
-            WHERE c.session_id = ANY(\(ids))
+            WHERE c.session_id IN (
+                SELECT unnest(\(ids)::uuid[])
+                UNION ALL
+                SELECT r.session_id FROM unnest(\(ringing.map(\.from))::text[], \(ringing.map(\.to))::text[]) AS q(initiator, receiver),
+                LATERAL (SELECT session_id FROM calls WHERE initiator = q.initiator AND receiver_id = q.receiver
+                    AND receiver_type = 'user' AND status = 'initiated' OFFSET 0) AS r)
             UNION ALL
             SELECT NULL, NULL, NULL, NULL, NULL, NULL, clock_timestamp(), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'n'
