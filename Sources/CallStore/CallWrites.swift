@@ -207,7 +207,12 @@ extension CallStore {
             RETURNING id
             """
         let rows = try committing ? db.queryThenCommit(statement) : db.query(statement)
-        let ids = try rows.map { try $0.decode(Int64.self, at: 0) }.sorted()
+        // No error may be thrown from here on: the batch may have committed, and a retry would
+        // answer its requests as duplicates. Ids that cannot be read (which the server does
+        // not send) leave the messages to the outbox relay, which publishes them after its
+        // grace period.
+        let ids = rows.compactMap { try? $0.decode(Int64.self, at: 0) }.sorted()
+        guard ids.count == messages.count else { return [] }
         return zip(messages, ids).map { message, id in
             var stored = message
             stored.id = id

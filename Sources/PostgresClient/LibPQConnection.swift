@@ -94,29 +94,35 @@ final class LibPQConnection {
         var names: [String?] = []
         for key in keys { names.append(try preparedName(key)) }
         guard PQenterPipelineMode(connection) == 1 else { throw connectionError("entering pipeline mode failed") }
-        for index in queries.indices {
-            try send(queries[index], key: keys[index], name: names[index], on: connection)
-        }
-        guard PQpipelineSync(connection) == 1 else { throw connectionError("sending the pipeline's sync failed") }
-        let deadline = ContinuousClock.now + configuration.statementTimeout + configuration.clientGrace
         var results: [PostgresRows] = []
         var failure: (index: Int, error: PostgresError)?
-        for index in queries.indices {
-            let (rows, error) = try nextResults(connection, until: deadline)
-            results.append(rows)
-            if let error, failure == nil { failure = (index, error) }
-        }
-        // The sync's own result ends the pipeline.
-        try waitForResult(connection, until: deadline)
-        if let sync = PQgetResult(connection) {
-            let status = PQresultStatus(sync)
+        do throws(PostgresError) {
+            for index in queries.indices {
+                try send(queries[index], key: keys[index], name: names[index], on: connection)
+            }
+            guard PQpipelineSync(connection) == 1 else { throw connectionError("sending the pipeline's sync failed") }
+            // Each statement has its own budget, as the server's statement_timeout does.
+            for index in queries.indices {
+                let (rows, error) = try nextResults(connection, until: freshDeadline())
+                results.append(rows)
+                if let error, failure == nil { failure = (index, error) }
+            }
+            // The sync's own result ends the pipeline.
+            try waitForResult(connection, until: freshDeadline())
+            let sync = PQgetResult(connection)
+            let status = sync.map(PQresultStatus)
             PQclear(sync)
             guard status == PGRES_PIPELINE_SYNC else {
-                close()
-                throw PostgresError(.connectionLost, "the pipeline ended without its sync (status \(status.rawValue))")
+                throw PostgresError(
+                    .connectionLost, "the pipeline ended without its sync (status \(status.map { "\($0.rawValue)" } ?? "none"))")
             }
+            guard PQexitPipelineMode(connection) == 1 else { throw connectionError("leaving pipeline mode failed") }
+        } catch {
+            // Whatever went wrong inside pipeline mode, this connection is not reused half-way
+            // through a pipeline.
+            close()
+            throw error
         }
-        guard PQexitPipelineMode(connection) == 1 else { throw connectionError("leaving pipeline mode failed") }
         if let failure {
             forgetInvalidatedPlan(failure.error, key: keys[failure.index], name: names[failure.index])
             throw failure.error
@@ -202,10 +208,14 @@ final class LibPQConnection {
     /// statement timeout plus a grace period, after which the connection is given up.
     private func collectResults() throws(PostgresError) -> PostgresRows {
         let connection = try liveHandle()
-        let deadline = ContinuousClock.now + configuration.statementTimeout + configuration.clientGrace
-        let (rows, error) = try nextResults(connection, until: deadline)
+        let (rows, error) = try nextResults(connection, until: freshDeadline())
         if let error { throw error }
         return rows
+    }
+
+    /// The latest a statement's answer may come: the statement timeout plus a grace period.
+    private func freshDeadline() -> ContinuousClock.Instant {
+        ContinuousClock.now + configuration.statementTimeout + configuration.clientGrace
     }
 
     /// Reads the results of the next statement, up to the null result that ends them: its

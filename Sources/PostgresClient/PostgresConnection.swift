@@ -60,7 +60,12 @@ public actor PostgresConnection {
     /// Defers a statement whose rows nobody reads (BEGIN, taking locks): it is sent with the
     /// next statement, in one round trip, and its error is thrown there. The statements run
     /// in the order they were given.
+    ///
+    /// Every statement of the round trip is prepared before any of them runs: a statement
+    /// cannot depend on something a deferred one creates (a temporary table, a `SET`).
+    /// Nothing may be deferred once `queryThenCommit` ended the transaction.
     public func queryLater(_ query: PostgresQuery) {
+        precondition(!(inTransaction && committed), "queryLater after queryThenCommit would run outside the transaction")
         deferred.append(query)
     }
 
