@@ -11,7 +11,7 @@ import Logging
 /// What to do is decided by `ConnectionState`; this class makes the C calls the actions ask
 /// for and reports what happened (frames, replies, failures) back to it.
 final class ConnectionLoop {
-    typealias State = ConnectionState<CheckedContinuation<Void, any Error>, DeliveryBuffer, ConnectionCommand>
+    typealias State = ConnectionState<PublishWaiter, DeliveryBuffer, ConnectionCommand>
     private static let publishChannel = State.publishChannel
     private static let declareChannel = State.declareChannel
 
@@ -82,7 +82,11 @@ final class ConnectionLoop {
     private func handle(_ command: ConnectionCommand) {
         switch command {
         case .publish(let message, let timeout, let continuation):
-            state.publish(message, continuation, deadline: clock.now + (timeout ?? configuration.publishTimeout))
+            state.publish(message, .one(continuation), deadline: clock.now + (timeout ?? configuration.publishTimeout))
+        case .publishAll(let messages, let timeout, let continuation):
+            let group = PublishWaiter.Group(count: messages.count, continuation)
+            let deadline = clock.now + (timeout ?? configuration.publishTimeout)
+            for message in messages { state.publish(message, .member(group), deadline: deadline) }
         case .unbind(let binding, let continuation):
             do {
                 if state.release(binding) { try unbind(binding) }
@@ -126,12 +130,7 @@ final class ConnectionLoop {
     private func perform(_ action: State.Action) {
         switch action {
         case .resolve(let outcomes):
-            for (continuation, outcome) in outcomes {
-                switch outcome {
-                case .confirmed: continuation.resume()
-                case .failed(let error): continuation.resume(throwing: error)
-                }
-            }
+            for (waiter, outcome) in outcomes { waiter.resolve(outcome) }
         case .openPublishChannel:
             do { try openPublishChannel() } catch { lose(error) }
         case .openChannel(let channel):
@@ -289,7 +288,7 @@ final class ConnectionLoop {
                 for binding in state.bindingHolds.keys { try bind(binding) }
                 continuation.resume()
             } catch { continuation.resume(throwing: error) }
-        case .publish, .unbind, .cancelConsumer, .settle, .shutdown:
+        case .publish, .publishAll, .unbind, .cancelConsumer, .settle, .shutdown:
             preconditionFailure("not a waiting request")
         }
     }
@@ -609,8 +608,8 @@ struct WaitingRequest {
 
     func fail(_ error: AMQPError) {
         switch command {
-        case .publish(_, _, let c), .declare(_, _, let c), .whenConnected(let c), .bind(_, let c), .unbind(_, let c),
-            .restoreTopology(let c):
+        case .publish(_, _, let c), .publishAll(_, _, let c), .declare(_, _, let c), .whenConnected(let c),
+            .bind(_, let c), .unbind(_, let c), .restoreTopology(let c):
             c.resume(throwing: error)
         case .deleteQueue(_, let c), .purgeQueue(_, let c): c.resume(throwing: error)
         case .consume(_, let stream, let c):

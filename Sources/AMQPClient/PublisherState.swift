@@ -3,11 +3,56 @@
 // connection, and every publish's deadline. Its transitions say what the connection's thread
 // must do (write this publish, resolve those callers); it does no I/O, so every transition is
 // unit-tested without a broker.
+import Synchronization
 
 /// How a publish ended, for its caller.
 enum PublishOutcome: Equatable, Sendable {
     case confirmed
     case failed(AMQPError)
+}
+
+/// Who waits for a publish's outcome: its own caller, or the caller of `publishAll`, resumed
+/// once every message of the group has its outcome (with the first failure, if any).
+enum PublishWaiter: Sendable {
+    case one(CheckedContinuation<Void, any Error>)
+    case member(Group)
+
+    final class Group: Sendable {
+        private struct State {
+            var remaining: Int
+            var failure: AMQPError?
+        }
+
+        private let state: Mutex<State>
+        private let continuation: CheckedContinuation<Void, any Error>
+
+        init(count: Int, _ continuation: CheckedContinuation<Void, any Error>) {
+            precondition(count > 0, "a group of publishes holds at least one")
+            state = Mutex(State(remaining: count))
+            self.continuation = continuation
+        }
+
+        func resolve(_ outcome: PublishOutcome) {
+            let finished = state.withLock { state -> Result<Void, AMQPError>? in
+                if case .failed(let error) = outcome, state.failure == nil { state.failure = error }
+                state.remaining -= 1
+                guard state.remaining == 0 else { return nil }
+                return state.failure.map { .failure($0) } ?? .success(())
+            }
+            if let finished { continuation.resume(with: finished.mapError { $0 as any Error }) }
+        }
+    }
+
+    func resolve(_ outcome: PublishOutcome) {
+        switch self {
+        case .one(let continuation):
+            switch outcome {
+            case .confirmed: continuation.resume()
+            case .failed(let error): continuation.resume(throwing: error)
+            }
+        case .member(let group): group.resolve(outcome)
+        }
+    }
 }
 
 struct PublisherState<Ticket> {

@@ -22,24 +22,6 @@ extension OutboxMessage {
 }
 
 extension AMQPConnection {
-    /// Publishes every message concurrently and returns once all are confirmed; throws the
-    /// first failure (the others still finish).
-    public func publishAll(_ messages: [AMQPMessage]) async throws {
-        switch messages.count {
-        case 0: return
-        case 1: try await publish(messages[0])
-        default:
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for message in messages {
-                    group.addTask { try await self.publish(message) }
-                }
-                try await group.waitForAll()
-            }
-        }
-    }
-}
-
-extension AMQPConnection {
     /// Declares the Ringing topology, waiting out a broker that is not there yet. With
     /// `remember` (the first time) it is declared again after every reconnect.
     public func declareRingingTopology(logger: Logger, remember: Bool = true) async throws {
