@@ -412,11 +412,13 @@ struct ConnectionState<PublishTicket, Consumer, Request> {
 
     /// Publishes and waiting requests whose deadline passed fail; `notConnected` says why when
     /// there is no connection.
-    mutating func expire(at now: ContinuousClock.Instant, notConnected: AMQPError) -> [Action] {
-        var actions: [Action] = [.resolve(publishing.expire(at: now, notConnected: isConnected ? nil : notConnected))]
+    /// `notConnected` is only built when something expires (this runs on every turn of the
+    /// connection's loop).
+    mutating func expire(at now: ContinuousClock.Instant, notConnected: @autoclosure () -> AMQPError) -> [Action] {
+        var actions: [Action] = [.resolve(publishing.expire(at: now, notConnected: isConnected ? nil : notConnected()))]
         waiting.removeAll { entry in
             guard entry.deadline <= now else { return false }
-            actions.append(.fail(entry.request, notConnected))
+            actions.append(.fail(entry.request, notConnected()))
             return true
         }
         return actions
