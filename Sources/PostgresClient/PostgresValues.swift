@@ -86,7 +86,28 @@ extension Double: PostgresCodable {
 
 extension UUID: PostgresCodable {
     public static var postgresType: PostgresType { .uuid }
-    public var postgresText: String { uuidString.lowercased() }
+    /// Lowercase, hyphenated: written from the bytes (`uuidString` and `lowercased()` would
+    /// cost two strings per element of a batch's arrays).
+    public var postgresText: String {
+        let hex: StaticString = "0123456789abcdef"
+        return withUnsafeBytes(of: uuid) { bytes in
+            String(unsafeUninitializedCapacity: 36) { out in
+                hex.withUTF8Buffer { hex in
+                    var at = 0
+                    for (index, byte) in bytes.enumerated() {
+                        if index == 4 || index == 6 || index == 8 || index == 10 {
+                            out[at] = UInt8(ascii: "-")
+                            at += 1
+                        }
+                        out[at] = hex[Int(byte >> 4)]
+                        out[at + 1] = hex[Int(byte & 0x0F)]
+                        at += 2
+                    }
+                    return at
+                }
+            }
+        }
+    }
     public init?(postgresText: String) { self.init(uuidString: postgresText) }
 }
 
@@ -140,6 +161,27 @@ extension Date: PostgresCodable {
         let days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
         seconds -= days * 86_400
         let (year, month, day) = civilFromDays(days)
+        if (0...9999).contains(year) {
+            // Written digit by digit into one string: the batches' arrays hold many of these.
+            let fields: [(value: Int64, width: Int, then: UInt8)] = [
+                (year, 4, UInt8(ascii: "-")), (month, 2, UInt8(ascii: "-")), (day, 2, UInt8(ascii: "T")),
+                (seconds / 3600, 2, UInt8(ascii: ":")), (seconds / 60 % 60, 2, UInt8(ascii: ":")),
+                (seconds % 60, 2, UInt8(ascii: ".")), (fraction, 6, UInt8(ascii: "Z")),
+            ]
+            return String(unsafeUninitializedCapacity: 27) { out in
+                var at = 0
+                for field in fields {
+                    var value = field.value
+                    for digit in stride(from: field.width - 1, through: 0, by: -1) {
+                        out[at + digit] = UInt8(ascii: "0") + UInt8(value % 10)
+                        value /= 10
+                    }
+                    out[at + field.width] = field.then
+                    at += field.width + 1
+                }
+                return at
+            }
+        }
         func pad(_ value: Int64, _ width: Int) -> String {
             let text = String(value)
             return String(repeating: "0", count: max(0, width - text.count)) + text
@@ -241,7 +283,7 @@ extension Array: PostgresEncodable where Element: PostgresArrayElement {
     public static var postgresType: PostgresType { Element.postgresArrayType }
 
     /// `{"a","b"}`: every element quoted, so commas, braces and spaces need no thought.
-    public var postgresText: String { arrayLiteral(map(\.postgresText)) }
+    public var postgresText: String { arrayLiteral(map { $0.postgresText }) }
 }
 
 /// A one-dimensional array whose elements may be NULL, for columns that may be (`unnest` of
