@@ -231,9 +231,14 @@ public final class BenchBroker: Sendable {
     /// Fails replies and notifications that did not come in time, and forgets notifications
     /// nobody claimed within a minute.
     private func sweepDeadlines() async {
+        var lastForgetting = ContinuousClock.now
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(100))
             let now = ContinuousClock.now
+            // Unclaimed notifications (a minute's worth at the rate offered) are combed out every
+            // few seconds, not on every sweep: the load generator shares the machine it measures.
+            let forgetting = now - lastForgetting >= .seconds(5)
+            if forgetting { lastForgetting = now }
             let lateReplies = replies.withLock { pending -> [Slot<BenchReply>] in
                 let late = pending.filter { $0.value.deadline < now }
                 for key in late.keys { pending.removeValue(forKey: key) }
@@ -242,11 +247,12 @@ public final class BenchBroker: Sendable {
             for slot in lateReplies { slot.complete(.failure(WaitFailure(code: "timeout", detail: "no reply in time"))) }
             let lateWaiters = mailbox.withLock { box -> [Waiter] in
                 var late: [Waiter] = []
-                for uid in Array(box.waiting.keys) {
-                    let (expired, live) = box.waiting[uid]!.split(by: { $0.deadline < now })
+                for (uid, waiters) in box.waiting where waiters.contains(where: { $0.deadline < now }) {
+                    let (expired, live) = waiters.split(by: { $0.deadline < now })
                     late.append(contentsOf: expired)
                     box.waiting[uid] = live.isEmpty ? nil : live
                 }
+                guard forgetting else { return late }
                 for uid in Array(box.arrived.keys) {
                     let live = box.arrived[uid]!.filter { now - $0.arrivedAt < .seconds(60) }
                     box.arrived[uid] = live.isEmpty ? nil : live
