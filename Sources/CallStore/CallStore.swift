@@ -147,14 +147,7 @@ public enum CallStore {
         db.queryLater(
             """
             SELECT c.session_id FROM calls c
-            WHERE c.session_id IN (
-                SELECT unnest(\(ids)::uuid[])
-                UNION ALL
-                SELECT r.session_id FROM unnest(\(ringing.map(\.from))::text[], \(ringing.map(\.to))::text[]) AS q(initiator, receiver),
-                -- One index lookup per pair (OFFSET 0 keeps the subquery apart): joined, the
-                -- planner read every ringing call when its statistics saw few.
-                LATERAL (SELECT session_id FROM calls WHERE initiator = q.initiator AND receiver_id = q.receiver
-                    AND receiver_type = 'user' AND status = 'initiated' OFFSET 0) AS r)
+            WHERE c.session_id IN (\(callsOrRinging: ids, ringing))
             ORDER BY c.session_id FOR UPDATE OF c
             """)
     }
@@ -458,12 +451,7 @@ public enum CallStore {
             SELECT \(fragment: callColumnsOfC),
                    p.uid, p.role, p.status, p.joined_at, p.left_at, p.rang_at, p.left_reason, p.last_seen_at, 'c'
             FROM calls c LEFT JOIN call_participants p ON p.session_id = c.session_id
-            WHERE c.session_id IN (
-                SELECT unnest(\(ids)::uuid[])
-                UNION ALL
-                SELECT r.session_id FROM unnest(\(ringing.map(\.from))::text[], \(ringing.map(\.to))::text[]) AS q(initiator, receiver),
-                LATERAL (SELECT session_id FROM calls WHERE initiator = q.initiator AND receiver_id = q.receiver
-                    AND receiver_type = 'user' AND status = 'initiated' OFFSET 0) AS r)
+            WHERE c.session_id IN (\(callsOrRinging: ids, ringing))
             UNION ALL
             SELECT NULL, NULL, NULL, NULL, NULL, NULL, clock_timestamp(), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'n'
@@ -592,5 +580,27 @@ enum StoredValue {
     static func error(_ table: String, _ column: String, _ value: String, _ id: UUID) -> StoredValueError {
         Counter(label: "ringing_row_decode_errors_total", dimensions: [("table", table), ("column", column)]).increment()
         return StoredValueError(table: table, column: column, value: value, sessionID: id)
+    }
+}
+
+extension PostgresQuery.StringInterpolation {
+    /// A subquery of session ids: `ids`, and the 1:1 calls each `from` is still ringing `to`
+    /// with (the glare candidates). `lockCalls` locks exactly the rows `readBatch` then reads,
+    /// so both splice this one.
+    fileprivate mutating func appendInterpolation(callsOrRinging ids: [UUID], _ ringing: [(from: String, to: String)]) {
+        appendLiteral("SELECT unnest(")
+        appendInterpolation(ids)
+        appendLiteral("::uuid[]) UNION ALL SELECT r.session_id FROM unnest(")
+        appendInterpolation(ringing.map(\.from))
+        appendLiteral("::text[], ")
+        appendInterpolation(ringing.map(\.to))
+        // One index lookup per pair (OFFSET 0 keeps the subquery apart): joined, the planner
+        // read every ringing call when its statistics saw few.
+        appendLiteral(
+            """
+            ::text[]) AS q(initiator, receiver),
+                LATERAL (SELECT session_id FROM calls WHERE initiator = q.initiator AND receiver_id = q.receiver
+                    AND receiver_type = 'user' AND status = 'initiated' OFFSET 0) AS r
+            """)
     }
 }
