@@ -412,13 +412,21 @@ struct ConnectionState<PublishTicket, Consumer, Request> {
 
     /// Publishes and waiting requests whose deadline passed fail; `notConnected` says why when
     /// there is no connection.
-    /// `notConnected` is only built when something expires (this runs on every turn of the
-    /// connection's loop).
+    /// This runs on every turn of the connection's loop: `notConnected` is built only when
+    /// something expires, and then once for all of them.
     mutating func expire(at now: ContinuousClock.Instant, notConnected: @autoclosure () -> AMQPError) -> [Action] {
-        var actions: [Action] = [.resolve(publishing.expire(at: now, notConnected: isConnected ? nil : notConnected()))]
+        var built: AMQPError?
+        func why() -> AMQPError {
+            if let built { return built }
+            let error = notConnected()
+            built = error
+            return error
+        }
+        let connected = isConnected
+        var actions: [Action] = [.resolve(publishing.expire(at: now, notConnected: connected ? nil : why()))]
         waiting.removeAll { entry in
             guard entry.deadline <= now else { return false }
-            actions.append(.fail(entry.request, notConnected()))
+            actions.append(.fail(entry.request, why()))
             return true
         }
         return actions

@@ -151,11 +151,12 @@ struct PublisherState<Ticket> {
 
     /// Publishes whose deadline passed: still waiting (window full, blocked, or no connection:
     /// `notConnected` then says why), or written but not confirmed (they may have arrived).
-    mutating func expire(at now: ContinuousClock.Instant, notConnected: AMQPError?) -> [(Ticket, PublishOutcome)] {
+    /// `notConnected` is only evaluated when a waiting publish expires.
+    mutating func expire(at now: ContinuousClock.Instant, notConnected: @autoclosure () -> AMQPError?) -> [(Ticket, PublishOutcome)] {
         var expired: [(Ticket, PublishOutcome)] = []
         while let first = waiting.first, first.deadline <= now {
             let why =
-                notConnected
+                notConnected()
                 ?? AMQPError(
                     .timeout,
                     "not published within its deadline: \(blocked ? "the broker blocks publishing (a resource alarm)" : "the confirm window stayed full")"

@@ -86,6 +86,10 @@ final class LibPQConnection {
     /// round trip for all (libpq's pipeline mode, one sync at the end). Once one fails, the
     /// server skips the rest and its error is thrown; outside a transaction block they all
     /// run in one implicit transaction, rolled back by the failure.
+    ///
+    /// When the pipeline ends with COMMIT and every statement succeeded, the transaction is
+    /// committed whatever happens after: a missing sync then closes the connection but the
+    /// results are returned, so that a committed transaction is never retried as a failed one.
     func executePipeline(_ queries: [PostgresQuery]) throws(PostgresError) -> [PostgresRows] {
         if queries.count == 1 { return [try execute(queries[0])] }
         let connection = try liveHandle()
@@ -121,7 +125,11 @@ final class LibPQConnection {
             // Whatever went wrong inside pipeline mode, this connection is not reused half-way
             // through a pipeline.
             close()
-            throw error
+            let committed =
+                failure == nil && results.count == queries.count
+                && queries[queries.count - 1].sql.uppercased().hasPrefix("COMMIT")
+            guard committed else { throw error }
+            return results
         }
         if let failure {
             forgetInvalidatedPlan(failure.error, key: keys[failure.index], name: names[failure.index])
