@@ -152,7 +152,9 @@ struct PublisherState<Ticket> {
     /// Publishes whose deadline passed: still waiting (window full, blocked, or no connection:
     /// `notConnected` then says why), or written but not confirmed (they may have arrived).
     /// `notConnected` is only evaluated when a waiting publish expires.
-    mutating func expire(at now: ContinuousClock.Instant, notConnected: @autoclosure () -> AMQPError?) -> [(Ticket, PublishOutcome)] {
+    mutating func expire(
+        at now: ContinuousClock.Instant, notConnected: @autoclosure () -> AMQPError?
+    ) -> [(Ticket, PublishOutcome)] {
         var expired: [(Ticket, PublishOutcome)] = []
         while let first = waiting.first, first.deadline <= now {
             let why =
