@@ -141,16 +141,17 @@ public enum RequestParser {
                 field: "body")
         }
         let json: JSONValue
+        let duplicateKey: String?
         do {
-            json = try JSONDecoder().decode(JSONValue.self, from: body)
+            (json, duplicateKey) = try JSONReader.read(body)
         } catch {
-            throw CallError(.invalidRequest, "the body is not JSON: \(describe(error))", field: "body")
+            throw CallError(.invalidRequest, "the body is not JSON: \(error)", field: "body")
         }
         guard case .object(let object) = json else {
             throw CallError(.invalidRequest, "the body must be a JSON object, not \(json.typeName)", field: "body")
         }
-        if let key = DuplicateKeys.first(in: body) {
-            throw DuplicateKeys.refusal(key)
+        if let duplicateKey {
+            throw DuplicateKeys.refusal(duplicateKey)
         }
         var fields = Fields(object)
         let authToken = try fields.optionalString("auth_token")
@@ -226,13 +227,6 @@ public enum RequestParser {
         case .jwks:
             return .jwks
         }
-    }
-
-    private static func describe(_ error: any Error) -> String {
-        if case DecodingError.dataCorrupted(let context) = error {
-            return (context.underlyingError.map { "\($0)" } ?? context.debugDescription)
-        }
-        return "\(error)"
     }
 }
 
