@@ -138,7 +138,7 @@ let package = Package(
         // Call tokens: EdDSA signing for the token service, verification for media servers.
         .target(
             name: "CallTokens",
-            dependencies: [.product(name: "JWTKit", package: "jwt-kit")],
+            dependencies: [.product(name: "JWTKit", package: "jwt-kit"), .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
         // The token service: token.generate and token.jwks.
@@ -333,7 +333,7 @@ let package = Package(
                 "RingingAuth",
                 "CallStore",
                 "AMQPClient", "PostgresClient",
-                "TestSupport", .product(name: "Logging", package: "swift-log"),
+                "TestSupport", .product(name: "Logging", package: "swift-log"), .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict

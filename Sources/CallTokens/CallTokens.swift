@@ -1,5 +1,6 @@
 // Call tokens (DESIGN §5): short-lived EdDSA JWTs that let an accepted participant start the
 // media session, and the verification a media server does.
+import Crypto
 public import Foundation
 import JWTKit
 
@@ -34,7 +35,14 @@ public final class CallTokenIssuer: Sendable {
     public let lifetime: Duration
     public let signingKey: CallTokenKey
     public let jwks: JWKSDocument
-    private let keys: JWTKeyCollection
+    /// Signs the tokens (issue 17): JWTKit's `sign` encoded the header and the claims with
+    /// JSONEncoder, 9% of the token service's CPU; the header is the same for every token and
+    /// the claims are few, so both are written here. `CallTokenWritingTests` reads them back
+    /// with JWTKit and a JSON decoder.
+    private let signer: Curve25519.Signing.PrivateKey
+    /// `base64url(header).` and the claims that are the same in every token, as JSON members.
+    private let signingPrefix: [UInt8]
+    private let fixedClaims: [UInt8]
 
     /// `signing` signs new tokens; `previous` keys (public parts suffice) stay in the JWKS so
     /// that tokens they signed keep verifying until they expire.
@@ -50,8 +58,11 @@ public final class CallTokenIssuer: Sendable {
         self.lifetime = lifetime
         self.signingKey = signing
         jwks = JWKSDocument(keys: [signing.jwk] + previous.filter { $0.kid != signing.kid }.map(\.jwk))
-        keys = JWTKeyCollection()
-        await keys.add(eddsa: privateKey, kid: JWKIdentifier(string: signing.kid))
+        signer = try Curve25519.Signing.PrivateKey(rawRepresentation: privateKey.rawRepresentation)
+        let header = Array(#"{"alg":"EdDSA","typ":"JWT","kid":"#.utf8) + Self.jsonString(signing.kid) + [UInt8(ascii: "}")]
+        signingPrefix = Array(Self.base64URL(header).utf8) + [UInt8(ascii: ".")]
+        fixedClaims =
+            Array(#""iss":"#.utf8) + Self.jsonString(issuer) + Array(#","aud":"#.utf8) + Self.jsonString(audience)
     }
 
     /// A token for `uid` on the call `sessionID`.
@@ -61,14 +72,58 @@ public final class CallTokenIssuer: Sendable {
         // Whole seconds: NumericDate allows fractions, but not every JWT library reads them.
         let now = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))
         let expiresAt = now.addingTimeInterval(Double(lifetime.components.seconds))
-        let claims = CallTokenClaims(
-            iss: IssuerClaim(value: issuer), sub: SubjectClaim(value: uid), aud: AudienceClaim(value: [audience]),
-            sid: sessionID.uuidString.lowercased(), callType: callType, iat: IssuedAtClaim(value: now),
-            nbf: NotBeforeClaim(value: now),
-            exp: ExpirationClaim(value: expiresAt), jti: IDClaim(value: UUID().uuidString.lowercased()))
-        let token = try await keys.sign(claims, kid: JWKIdentifier(string: signingKey.kid))
+        let issuedAt = Int64(now.timeIntervalSince1970)
+        let expiry = Int64(expiresAt.timeIntervalSince1970)
+        var claims: [UInt8] = [UInt8(ascii: "{")]
+        claims.reserveCapacity(320)
+        claims += fixedClaims
+        claims += Array(#","sub":"#.utf8) + Self.jsonString(uid)
+        claims += Array(#","sid":""#.utf8) + Array(sessionID.uuidString.lowercased().utf8)
+        claims += Array(#"","call_type":"#.utf8) + Self.jsonString(callType)
+        claims += Array(#","iat":\#(issuedAt),"nbf":\#(issuedAt),"exp":\#(expiry),"jti":""#.utf8)
+        claims += Array(UUID().uuidString.lowercased().utf8) + Array(#""}"#.utf8)
+        let signingInput = signingPrefix + Array(Self.base64URL(claims).utf8)
+        let signature = try signer.signature(for: signingInput)
+        let token = String(decoding: signingInput, as: UTF8.self) + "." + Self.base64URL(signature)
         return (token, expiresAt)
     }
+
+    /// A JSON string: quotes, backslashes and control characters escaped, the rest as it is.
+    static func jsonString(_ text: String) -> [UInt8] {
+        var bytes: [UInt8] = [UInt8(ascii: "\"")]
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"):
+                bytes.append(UInt8(ascii: "\\"))
+                bytes.append(byte)
+            case 0..<0x20:
+                let hex = Array("0123456789abcdef".utf8)
+                bytes += Array("\\u00".utf8) + [hex[Int(byte >> 4)], hex[Int(byte & 0xF)]]
+            default: bytes.append(byte)
+            }
+        }
+        bytes.append(UInt8(ascii: "\""))
+        return bytes
+    }
+
+    /// Base64url without padding (RFC 7515).
+    static func base64URL(_ input: some Collection<UInt8>) -> String {
+        let bytes = Array(input)
+        var output: [UInt8] = []
+        output.reserveCapacity((bytes.count * 4 + 2) / 3)
+        var index = 0
+        while index < bytes.count {
+            let count = min(3, bytes.count - index)
+            var group = UInt32(bytes[index]) << 16
+            if count > 1 { group |= UInt32(bytes[index + 1]) << 8 }
+            if count > 2 { group |= UInt32(bytes[index + 2]) }
+            for position in 0...count { output.append(base64URLAlphabet[Int(group >> (18 - 6 * position) & 0x3F)]) }
+            index += 3
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+
+    static let base64URLAlphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
 }
 
 /// What a verified call token says.
