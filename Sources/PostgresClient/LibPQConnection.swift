@@ -127,7 +127,7 @@ final class LibPQConnection {
             close()
             let committed =
                 failure == nil && results.count == queries.count
-                && queries[queries.count - 1].sql.uppercased().hasPrefix("COMMIT")
+                && (queries.last.map { $0.sql.uppercased().hasPrefix("COMMIT") } ?? false)
             guard committed else { throw error }
             return results
         }

@@ -69,6 +69,9 @@ public final class AuthTokens: Sendable {
     /// wrongly signed or malformed one.
     /// A token verified before is not checked again until its `exp`, judged by `now`.
     public func verify(_ token: String, now: Date = Date()) async throws(CallError) -> AuthenticatedUser {
+        // A JWT is ASCII, and ASCII strings are equal only when their bytes are (Swift compares
+        // other text by canonical equivalence: U+212A KELVIN SIGN equals "K").
+        guard token.utf8.allSatisfy({ $0 < 0x80 }) else { return try await verifySignature(token) }
         if let user = verified.withLock({ $0[token] }) {
             if user.expiresAt.map({ now < $0 }) ?? true { return user }
             verified.withLock { _ = $0.removeValue(forKey: token) }

@@ -23,6 +23,8 @@ public enum JSONReader {
         let result: Result<(JSONValue, String?), SyntaxError> = data.withUnsafeBytes { buffer in
             var reader = Reader(bytes: buffer)
             do throws(SyntaxError) {
+                // A byte order mark may open UTF-8 text (RFC 8259 §8.1); the decoder skipped it.
+                if buffer.starts(with: [0xEF, 0xBB, 0xBF]) { reader.index = 3 }
                 reader.skipSpace()
                 let value = try reader.value(depth: 0)
                 reader.skipSpace()
@@ -274,6 +276,11 @@ public enum JSONReader {
             guard let double = Double(text), double.isFinite else {
                 index = start
                 throw failure("the number \(text.prefix(40)) is out of range")
+            }
+            // Beyond 2^53 a double is not every integer, and the decoder reads such numbers
+            // its own way (an integer through Decimal when it is one): it reads them here too.
+            if double.magnitude >= 9_007_199_254_740_992 {
+                return (try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))) ?? .double(double)
             }
             if let integer = Int64(exactly: double) { return .int(integer) }
             return .double(double)

@@ -36,6 +36,10 @@ import Testing
         #expect(claims["sid"] as? String == session.uuidString.lowercased())
         #expect(claims["iat"] as? Int == 1_800_000_000 && claims["nbf"] as? Int == 1_800_000_000)
         #expect(claims["exp"] as? Int == 1_800_000_600)
+        // Written as integers, not as 1800000000.0 or 1.8e9.
+        let claimsText = String(
+            decoding: try #require(Data(base64URL: String(token.split(separator: ".")[1]))), as: UTF8.self)
+        #expect(claimsText.contains(#""iat":1800000000,"nbf":1800000000,"exp":1800000600,"#))
         let jti = try #require(claims["jti"] as? String)
         #expect(UUID(uuidString: jti) != nil && jti == jti.lowercased())
 

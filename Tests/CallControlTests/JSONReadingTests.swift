@@ -29,13 +29,17 @@ import Testing
         #""é 中 😀""#, #"{"a":1,"a":2}"#, #"{"a":1,"\u0061":2}"#, #"{"x":{"a":1},"y":{"a":2}}"#,
         #"{"x":{"a":1,"b":{"c":1,"c":2}},"x":3}"#, #"{"é":1,"\u00e9":2}"#, #"{"e\u0301":1,"é":2}"#,
         #"[{"k":1},{"k":2}]"#, #"{"a\"b":1,"a\"b":2}"#, #"true"#, #"false"#, #"null"#,
-        // Refused by both.
+        "\u{FEFF}{\"a\":1}", "\u{FEFF} [1]",
+        // Beyond 2^53, and beyond Int64, as the decoder reads them.
+        #"9007199254740993.0"#, #"123456789012345678e-1"#, #"-9223372036854775809"#, #"9223372036854775808.5"#,
+        #"-9007199254740993"#, #"9007199254740993e0"#, #"1.5e300"#, #"[18446744073709551616, 2e19]"#,
+        // Refused by both (and a comma before a closing bracket, accepted by both).
         "", " ", #"{"#, #"}"#, #"{"a"}"#, #"{"a":}"#, #"{"a":1,}"#, #"[1,]"#, #"[1 2]"#, #"{a:1}"#, #"{'a':1}"#,
         #"01"#, #"-"#, #"1."#, #".5"#, #"1e"#, #"1e+"#, #"+1"#, #"0x10"#, #"NaN"#, #"Infinity"#, #"1e400"#,
         #"-1e400"#, #"tru"#, #"nul"#, #"True"#, #""unterminated"#, #""bad \x escape""#, #""\u12""#, #""\u12G4""#,
         #""\ud83d alone""#, #""\ude00 alone""#, #""\ud83d\u0041""#, "\"tab\tinside\"", "\"nl\ninside\"",
         #"{,}"#, #"[,]"#, #"[1,,]"#, #"{"a":1,,}"#, #"[1 , ]"#, #"{"a":{"b":1 ,} , }"#,
-        #"{} {}"#, #"[] x"#, #"{"a":1}}"#, #"[[]"#, #"{"a":[}"#, "\u{0}", #"{"a":1/*c*/}"#,
+        "\u{FEFF}", "{}\u{FEFF}", #"{} {}"#, #"[] x"#, #"{"a":1}}"#, #"[[]"#, #"{"a":[}"#, "\u{0}", #"{"a":1/*c*/}"#,
     ]
 
     @Test(arguments: cases) func readsAsTheDecoderDid(_ text: String) {
@@ -55,6 +59,23 @@ import Testing
         #expect(throws: JSONReader.SyntaxError.self) { try JSONReader.read(Data(deep.utf8)) }
         let fine = String(repeating: "[", count: 100) + String(repeating: "]", count: 100)
         #expect(throws: Never.self) { try JSONReader.read(Data(fine.utf8)) }
+    }
+
+    @Test(arguments: [500, 511, 512, 513, 520]) func nestingIsLimitedAsTheDecoderLimitsIt(_ depth: Int) {
+        for (open, close) in [("[", "]"), (#"{"a":"#, "}")] {
+            let text = String(repeating: open, count: depth) + "1" + String(repeating: close, count: depth)
+            let (old, _) = decoded(text)
+            let (new, _) = read(text)
+            #expect((new == nil) == (old == nil), "\(depth) levels of \(open)")
+        }
+    }
+
+    /// A key given twice whose second value is not valid is refused either way: the decoder
+    /// took the first value and the duplicate was named; now the value is.
+    @Test func aRepeatedKeyWithABadValueIsRefused() {
+        for body in [#"{"auth_token":"x","auth_token":1e400}"#, #"{"auth_token":"x","auth_token":01}"#] {
+            #expect(throws: CallError.self) { try RequestParser.parse(routingKey: "call.accept", body: Data(body.utf8)) }
+        }
     }
 
     @Test func anErrorSaysWhereReadingStopped() {

@@ -49,6 +49,23 @@ import Testing
         #expect(try await auth.verify(token).uid == "bob")
     }
 
+    /// Swift compares non-ASCII text by canonical equivalence (U+212A KELVIN SIGN equals "K"):
+    /// such a token is not looked up, and its signature does not verify.
+    @Test func aTokenSpelledWithEquivalentCharactersIsNotTakenForTheRememberedOne() async throws {
+        let auth = try await AuthTokens(secret: AuthTokens.developmentSecret)
+        var token = ""
+        var index = 0
+        while !token.contains("K") {
+            token = try await auth.mint(uid: "dave-\(index)")
+            index += 1
+        }
+        _ = try await auth.verify(token)
+        let kelvin = token.replacingOccurrences(of: "K", with: "\u{212A}")
+        #expect(kelvin == token, "equal as Swift strings")
+        #expect(Array(kelvin.utf8) != Array(token.utf8))
+        await #expect(throws: CallError.self) { try await auth.verify(kelvin) }
+    }
+
     @Test func theMemoryIsBounded() async throws {
         let auth = try await AuthTokens(secret: AuthTokens.developmentSecret)
         for index in 0...AuthTokens.verifiedCapacity {
