@@ -88,41 +88,37 @@ public enum JSONReader {
             index += count
         }
 
+        /// Steps over `byte` when it comes next.
+        mutating func take(_ byte: UInt8) -> Bool {
+            guard current == byte else { return false }
+            index += 1
+            return true
+        }
+
+        func endOfContainer(_ expected: String) -> SyntaxError {
+            failure(current == nil ? "unexpected end of the text" : "expected \(expected)")
+        }
+
+        /// The closing bracket may follow the opening one, a value, or (as the decoder allows)
+        /// a comma after the last value.
         mutating func object(depth: Int) throws(SyntaxError) -> JSONValue {
             guard depth <= JSONReader.maximumDepth else { throw failure("nested more than \(JSONReader.maximumDepth) deep") }
             index += 1
             var members: JSONObject = [:]
-            skipSpace()
-            if current == UInt8(ascii: "}") {
-                index += 1
-                return .object(members)
-            }
             while true {
-                // A comma before the closing brace, as the decoder allows.
-                if current == UInt8(ascii: "}") {
-                    index += 1
-                    return .object(members)
-                }
+                skipSpace()
+                if take(UInt8(ascii: "}")) { return .object(members) }
                 guard current == UInt8(ascii: "\"") else { throw failure("expected a member name in quotes") }
                 let key = try string()
                 // Noted where the key is, before its value (and any duplicates inside it).
                 if duplicateKey == nil, members[key] != nil { duplicateKey = key }
                 skipSpace()
-                guard current == UInt8(ascii: ":") else { throw failure("expected ':' after a member name") }
-                index += 1
+                guard take(UInt8(ascii: ":")) else { throw failure("expected ':' after a member name") }
                 skipSpace()
-                let member = try value(depth: depth)
-                members[key] = member
+                members[key] = try value(depth: depth)
                 skipSpace()
-                switch current {
-                case UInt8(ascii: ","):
-                    index += 1
-                    skipSpace()
-                case UInt8(ascii: "}"):
-                    index += 1
-                    return .object(members)
-                default: throw failure(current == nil ? "unexpected end of the text" : "expected ',' or '}' in an object")
-                }
+                if take(UInt8(ascii: "}")) { return .object(members) }
+                guard take(UInt8(ascii: ",")) else { throw endOfContainer("',' or '}' in an object") }
             }
         }
 
@@ -130,27 +126,13 @@ public enum JSONReader {
             guard depth <= JSONReader.maximumDepth else { throw failure("nested more than \(JSONReader.maximumDepth) deep") }
             index += 1
             var elements: [JSONValue] = []
-            skipSpace()
-            if current == UInt8(ascii: "]") {
-                index += 1
-                return .array(elements)
-            }
             while true {
-                if current == UInt8(ascii: "]") {
-                    index += 1
-                    return .array(elements)
-                }
+                skipSpace()
+                if take(UInt8(ascii: "]")) { return .array(elements) }
                 elements.append(try value(depth: depth))
                 skipSpace()
-                switch current {
-                case UInt8(ascii: ","):
-                    index += 1
-                    skipSpace()
-                case UInt8(ascii: "]"):
-                    index += 1
-                    return .array(elements)
-                default: throw failure(current == nil ? "unexpected end of the text" : "expected ',' or ']' in an array")
-                }
+                if take(UInt8(ascii: "]")) { return .array(elements) }
+                guard take(UInt8(ascii: ",")) else { throw endOfContainer("',' or ']' in an array") }
             }
         }
 
