@@ -302,7 +302,9 @@ let package = Package(
         // Test helpers shared by the integration tests (server addresses, stack restarts).
         .target(
             name: "TestSupport",
-            dependencies: ["AMQPClient", "CallRules", "RingingContract", "RingingClient"],
+            dependencies: [
+                "AMQPClient", "CallRules", "RingingContract", "RingingClient", .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Tests/TestSupport",
             swiftSettings: strict
         ),

@@ -42,6 +42,10 @@ public struct AMQPError: Error, Hashable, Sendable, CustomStringConvertible {
         self.replyCode = replyCode
     }
 
+    /// The broker did not answer in time, or the connection went or could not be made:
+    /// waiting and trying again can help (a refusal, a conflict or a shutdown cannot).
+    public var isUnavailable: Bool { code == .timeout || code == .connectionLost || code == .connectionFailed }
+
     public var description: String {
         if let replyCode { return "AMQP \(code) (\(replyCode)): \(message)" }
         return "AMQP \(code): \(message)"

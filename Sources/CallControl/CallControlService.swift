@@ -34,14 +34,20 @@ public final class CallControlService: ComposedService, Sendable {
     var publisherUser: String { configuration.amqp.user }
     private let readyBell = Doorbell()
     private let ready = Atomic<Bool>(false)
+    private let stopped = Atomic<Bool>(false)
     let workers: QueueWorkers
 
     /// True once migrations ran, the topology is declared and the consumers are started.
     public var isReady: Bool { ready.load(ordering: .relaxed) }
 
-    /// Waits until `isReady` (or the task is cancelled).
-    public func waitUntilReady() async {
-        while !isReady && !Task.isCancelled { await readyBell.wait(timeout: .seconds(1)) }
+    /// Waits until `isReady`, or until `run` ended without getting there (it threw: the
+    /// error is `run`'s), or the task is cancelled. Returns `isReady`.
+    @discardableResult
+    public func waitUntilReady() async -> Bool {
+        while !isReady && !stopped.load(ordering: .relaxed) && !Task.isCancelled {
+            await readyBell.wait(timeout: .seconds(1))
+        }
+        return isReady
     }
 
     public init(configuration: CallControlConfiguration, logger: Logger) async throws {
@@ -79,6 +85,10 @@ public final class CallControlService: ComposedService, Sendable {
     /// stops taking requests and finishes the batches in hand. Its connections run as
     /// `dependencies` in the same ServiceGroup.
     public func run() async throws {
+        defer {
+            stopped.store(true, ordering: .relaxed)
+            readyBell.ring()
+        }
         if configuration.usesDevelopmentSecret {
             logger.warning("RINGING_AUTH_SECRET is not set: using the development secret, which anybody can mint tokens with")
         }
@@ -136,19 +146,10 @@ public final class CallControlService: ComposedService, Sendable {
     // MARK: - Start
 
     private func migrate() async throws {
-        var backoff = Backoff(initial: .milliseconds(200), maximum: .seconds(5))
-        while true {
-            do {
-                let applied = try await pool.withConnection { try await Migrations.apply($0) }
-                if !applied.isEmpty { logger.notice("database migrated", metadata: ["versions": "\(applied)"]) }
-                return
-            } catch let error as PostgresError where error.isTransient {
-                let delay = backoff.next()
-                logger.warning(
-                    "database not reachable for migrations; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
-                try await Task.sleep(for: delay)
-            }
+        let applied = try await StartUp.waitingForTheDatabase(to: "apply migrations", logger: logger) {
+            try await pool.withConnection { try await Migrations.apply($0) }
         }
+        if !applied.isEmpty { logger.notice("database migrated", metadata: ["versions": "\(applied)"]) }
     }
 
     // MARK: - Requests

@@ -51,7 +51,8 @@ public final class DeviceGatewayService: ComposedService, Sendable {
 
     public var isReady: Bool { ready.load(ordering: .relaxed) }
 
-    /// The public port once the listener is up (the one bound, when configured as 0).
+    /// The public port once the listener is up (the one bound, when configured as 0); nil
+    /// when `run` ended (threw) before the listener was up, or the task is cancelled.
     public func waitUntilListening() async -> Int? { await boundPort.wait() }
 
     /// The broker connections and the operations server, run beside the service.
@@ -66,14 +67,17 @@ public final class DeviceGatewayService: ComposedService, Sendable {
     }
 
     public func run() async throws {
+        defer { boundPort.close() }
         if configuration.usesDevelopmentSecret {
             logger.warning("RINGING_AUTH_SECRET is not set: using the development secret, which anybody can mint tokens with")
         }
         try await publisher.awaitRingingTopology(logger: logger)
         // Exclusive and auto-delete: the queue lives and dies with this instance's
         // connection, and comes back (with the held bindings) after a reconnect.
-        try await feed.declare(
-            AMQPTopology(queues: [AMQPQueue(configuration.queueName, durable: false, exclusive: true, autoDelete: true)]))
+        try await StartUp.waitingForTheBroker(to: "declare the notification queue", logger: logger) {
+            try await feed.declare(
+                AMQPTopology(queues: [AMQPQueue(configuration.queueName, durable: false, exclusive: true, autoDelete: true)]))
+        }
         try await notifications.subscribeAll()
         // Each task says whether it was the graceful stop; a notification consumer that could
         // not subscribe again throws, and the gateway stops with it (exiting non-zero).

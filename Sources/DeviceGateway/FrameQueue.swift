@@ -82,6 +82,7 @@ final class FrameQueue: Sendable {
 final class Handoff<Value: Sendable>: Sendable {
     private struct State {
         var value: Value?
+        var closed = false
         var nextWaiter = 0
         var waiters: [Int: CheckedContinuation<Value?, Never>] = [:]
     }
@@ -93,12 +94,24 @@ final class Handoff<Value: Sendable>: Sendable {
     /// Hands the value over (the first one only) to every waiter, present and future.
     func resolve(_ value: Value) {
         let waiters = state.withLock { state -> [CheckedContinuation<Value?, Never>] in
-            guard state.value == nil else { return [] }
+            guard state.value == nil, !state.closed else { return [] }
             state.value = value
             defer { state.waiters = [:] }
             return Array(state.waiters.values)
         }
         for waiter in waiters { waiter.resume(returning: value) }
+    }
+
+    /// No value will come (its producer ended first): every waiter, present and future, gets
+    /// nil. Nothing changes once a value was handed over.
+    func close() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Value?, Never>] in
+            guard state.value == nil, !state.closed else { return [] }
+            state.closed = true
+            defer { state.waiters = [:] }
+            return Array(state.waiters.values)
+        }
+        for waiter in waiters { waiter.resume(returning: nil) }
     }
 
     /// The value, or nil when `limit` passes (or the task is cancelled) first.
@@ -124,7 +137,7 @@ final class Handoff<Value: Sendable>: Sendable {
             await withCheckedContinuation { (continuation: CheckedContinuation<Value?, Never>) in
                 let now = state.withLock { state -> Value?? in
                     if let value = state.value { return .some(value) }
-                    if Task.isCancelled { return .some(nil) }
+                    if Task.isCancelled || state.closed { return .some(nil) }
                     state.waiters[id] = continuation
                     return nil
                 }

@@ -91,7 +91,9 @@ public final class PushNotifierService: ComposedService, Sendable {
         }
         try await migrate()
         try await publisher.awaitRingingTopology(logger: logger)
-        try await consumerConnection.declare(Self.topology)
+        try await StartUp.waitingForTheBroker(to: "declare the push queues", logger: logger) {
+            try await consumerConnection.declare(Self.topology)
+        }
         try await requests.subscribeAll()
         try await notifications.subscribeAll()
         let (stream, continuation) = AsyncStream<AMQPDelivery>.makeStream()
@@ -141,18 +143,10 @@ public final class PushNotifierService: ComposedService, Sendable {
     /// The `push` schema, migrated by whichever instance gets the lock first; waits for the
     /// database like every other start.
     private func migrate() async throws {
-        var backoff = Backoff(initial: .milliseconds(200), maximum: .seconds(5))
-        while true {
-            do {
-                let applied = try await pool.withConnection { try await DeviceStore.migrate($0) }
-                if !applied.isEmpty { logger.info("push schema migrated", metadata: ["versions": "\(applied)"]) }
-                return
-            } catch let error as PostgresError where error.isTransient {
-                let delay = backoff.next()
-                logger.warning("database not reachable; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
-                try await Task.sleep(for: delay)
-            }
+        let applied = try await StartUp.waitingForTheDatabase(to: "apply the push schema's migrations", logger: logger) {
+            try await pool.withConnection { try await DeviceStore.migrate($0) }
         }
+        if !applied.isEmpty { logger.info("push schema migrated", metadata: ["versions": "\(applied)"]) }
     }
 
     func readiness() async -> Readiness {

@@ -25,13 +25,8 @@ extension AMQPConnection {
     /// Declares the Ringing topology, waiting out a broker that is not there yet. With
     /// `remember` (the first time) it is declared again after every reconnect.
     public func declareRingingTopology(logger: Logger, remember: Bool = true) async throws {
-        while true {
-            do {
-                try await declare(RingingTopology.declaration, remember: remember)
-                return
-            } catch let error as AMQPError where error.code == .timeout || error.code == .connectionLost {
-                logger.warning("broker not reachable to declare the topology; retrying", metadata: ["error": "\(error)"])
-            }
+        try await StartUp.waitingForTheBroker(to: "declare the topology", logger: logger) {
+            try await declare(RingingTopology.declaration, remember: remember)
         }
     }
 }

@@ -34,9 +34,12 @@ public final class QueueWorkers: Sendable {
     /// Workers whose consumer is subscribed now.
     public var liveCount: Int { live.load(ordering: .relaxed) }
 
-    /// Subscribes every worker's consumer; throws when the queue cannot be consumed.
+    /// Subscribes every worker's consumer, waiting out a broker that does not answer in time
+    /// (`StartUp`); throws when the queue cannot be consumed (no such queue, no permission).
     public func subscribeAll() async throws {
-        for worker in 0..<count { try await subscribe(worker) }
+        for worker in 0..<count {
+            try await StartUp.waitingForTheBroker(to: "subscribe to \(queue)", logger: logger) { try await subscribe(worker) }
+        }
     }
 
     /// Runs the workers (after `subscribeAll`) until `stop()`: each takes batches of up to
