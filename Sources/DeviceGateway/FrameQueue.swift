@@ -92,26 +92,20 @@ final class Handoff<Value: Sendable>: Sendable {
     init() {}
 
     /// Hands the value over (the first one only) to every waiter, present and future.
-    func resolve(_ value: Value) {
+    func resolve(_ value: Value) { settle(value) }
+
+    /// No value will come (its producer ended first): every waiter, present and future, gets
+    /// nil. Nothing changes once a value was handed over.
+    func close() { settle(nil) }
+
+    private func settle(_ value: Value?) {
         let waiters = state.withLock { state -> [CheckedContinuation<Value?, Never>] in
             guard state.value == nil, !state.closed else { return [] }
-            state.value = value
+            if let value { state.value = value } else { state.closed = true }
             defer { state.waiters = [:] }
             return Array(state.waiters.values)
         }
         for waiter in waiters { waiter.resume(returning: value) }
-    }
-
-    /// No value will come (its producer ended first): every waiter, present and future, gets
-    /// nil. Nothing changes once a value was handed over.
-    func close() {
-        let waiters = state.withLock { state -> [CheckedContinuation<Value?, Never>] in
-            guard state.value == nil, !state.closed else { return [] }
-            state.closed = true
-            defer { state.waiters = [:] }
-            return Array(state.waiters.values)
-        }
-        for waiter in waiters { waiter.resume(returning: nil) }
     }
 
     /// The value, or nil when `limit` passes (or the task is cancelled) first.
