@@ -48,9 +48,7 @@ public enum StackServer: String, Sendable {
     public func start() throws { try Self.stack("start", rawValue) }
 
     /// The local broker's rabbitmqctl (to raise and clear resource alarms).
-    public static func rabbitmqctl(_ arguments: String...) throws { try rabbitmqctl(arguments) }
-
-    public static func rabbitmqctl(_ arguments: [String]) throws { try stack(["rabbitmqctl"] + arguments) }
+    public static func rabbitmqctl(_ arguments: String...) throws { try stack(["rabbitmqctl"] + arguments) }
 
     private static func stack(_ arguments: String...) throws { try stack(arguments) }
 
