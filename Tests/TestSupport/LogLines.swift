@@ -6,18 +6,16 @@ import Synchronization
 /// The messages logged through `logger`, in order, as a stream a test reads.
 public final class LogLines: Sendable {
     public let logger: Logger
-    private let continuation: AsyncStream<String>.Continuation
     private let stream: Mutex<AsyncStream<String>?>
 
     public init(label: String, level: Logger.Level = .info) {
         let (stream, continuation) = AsyncStream<String>.makeStream()
-        self.continuation = continuation
         self.stream = Mutex(stream)
         logger = Logger(label: label) { _ in Handler(continuation: continuation, logLevel: level) }
     }
 
     /// Waits for the first message containing `text` (logged since the last call); nil when the
-    /// task was cancelled first.
+    /// task was cancelled first, or when another call is waiting (one reader at a time).
     @discardableResult
     public func first(containing text: String) async -> String? {
         guard let stream = stream.withLock({ $0.take() }) else { return nil }
