@@ -96,6 +96,7 @@ let package = Package(
         .target(
             name: "RingingOperations",
             dependencies: [
+                "PostgresClient",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -1,7 +1,7 @@
 // The whole benchmark: the floor, then Ringing as fast as it goes, then Ringing at a fixed
 // offered rate for latencies; one report with the floor beside Ringing's figures.
 public import AMQPClient
-import Foundation
+public import Foundation
 public import Logging
 public import PostgresClient
 import RingingAuth
@@ -61,18 +61,21 @@ public final class Bench: Sendable {
     let amqp: AMQPURL
     let database: PostgresConfiguration
     let authSecret: String
+    /// The services' /metrics, read for their round trips to the database (none: not measured).
+    let serviceMetrics: [URL]
     let logger: Logger
     let progress: @Sendable (String) -> Void
     let runID: String
 
     public init(
-        configuration: BenchConfiguration, amqp: AMQPURL, database: PostgresConfiguration, authSecret: String, logger: Logger,
-        progress: @escaping @Sendable (String) -> Void
+        configuration: BenchConfiguration, amqp: AMQPURL, database: PostgresConfiguration, authSecret: String,
+        serviceMetrics: [URL] = [], logger: Logger, progress: @escaping @Sendable (String) -> Void
     ) {
         self.configuration = configuration
         self.amqp = amqp
         self.database = database
         self.authSecret = authSecret
+        self.serviceMetrics = serviceMetrics
         self.logger = logger
         self.progress = progress
         runID = String(UUID().uuidString.prefix(6)).lowercased()
@@ -85,6 +88,7 @@ public final class Bench: Sendable {
         var physicalFloorResult: PhaseResult?
         var phases: [PhaseResult] = []
         let statements = StatementCounter(database: database, logger: logger)
+        let roundTrips = serviceMetrics.isEmpty ? nil : RoundTripCounter(endpoints: serviceMetrics, logger: logger)
         if configuration.phases.contains(.floor) {
             progress("floor: starting the floor program (\(configuration.floorWorkers) workers)")
             try await floor.start()
@@ -129,7 +133,8 @@ public final class Bench: Sendable {
                     try await pairs.prefill(configuration.concurrency)
                     phases.append(
                         try await PhaseRunner.run(
-                            plan(name, load), driver: driver, pairs: pairs, statements: statements, progress: progress))
+                            plan(name, load), driver: driver, pairs: pairs, statements: statements, roundTrips: roundTrips,
+                            progress: progress))
                 }
                 return phases
             }

@@ -41,7 +41,7 @@ public struct BenchComparison: Sendable {
         var lines = ["\(baselineLabel) → \(candidateLabel), same machine, one run after the other", ""]
         lines.append(
             pad("phase", 16) + lpad("req/s", 18) + lpad("change", 9) + lpad("flows/s", 18) + lpad("CPU ms/req", 16)
-                + lpad("stmts/req", 16) + "  errors")
+                + lpad("stmts/req", 16) + lpad("trips/req", 16) + "  errors")
         for (name, before, after) in phases {
             let ratio =
                 before.figures.requestsPerSecond > 0 ? after.figures.requestsPerSecond / before.figures.requestsPerSecond : 0
@@ -49,13 +49,17 @@ public struct BenchComparison: Sendable {
             let statements = [before, after].map { phase in
                 phase.figures.statementsPerRequest.map { String(format: "%.2f", $0) } ?? "-"
             }
+            let roundTrips = [before, after].map { phase in
+                phase.figures.roundTripsPerRequest.map { String(format: "%.2f", $0) } ?? "-"
+            }
             lines.append(
                 pad(name, 16)
                     + lpad(String(format: "%.0f → %.0f", before.figures.requestsPerSecond, after.figures.requestsPerSecond), 18)
                     + lpad(String(format: "%.2f×", ratio), 9)
                     + lpad(String(format: "%.1f → %.1f", before.figures.flowsPerSecond, after.figures.flowsPerSecond), 18)
                     + lpad(String(format: "%.2f → %.2f", Self.totalCPU(before), Self.totalCPU(after)), 16)
-                    + lpad("\(statements[0]) → \(statements[1])", 16) + "  " + (errors == 0 ? "none" : "\(errors)"))
+                    + lpad("\(statements[0]) → \(statements[1])", 16) + lpad("\(roundTrips[0]) → \(roundTrips[1])", 16) + "  "
+                    + (errors == 0 ? "none" : "\(errors)"))
         }
         lines.append("")
         lines.append("CPU per request by process, ms (\(baselineLabel) → \(candidateLabel)):")

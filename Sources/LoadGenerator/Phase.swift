@@ -45,9 +45,12 @@ public struct PhaseFigures: Codable, Sendable {
     /// CPU of the co-located processes during the window (Linux; empty elsewhere).
     public var cpu: [String: CPUUsage] = [:]
     /// SQL statements the database ran per request in the window, every client together
-    /// (pg_stat_statements; nil when it is not loaded). Each statement is one round trip:
-    /// the services send the next only when the last has answered.
+    /// (pg_stat_statements; nil when it is not loaded).
     public var statementsPerRequest: Double?
+    /// Round trips to the database per request in the window, the services together (their
+    /// /metrics; Ringing's phases only, nil for a build that does not report them). Fewer than
+    /// the statements where several go in one round trip (pipelines).
+    public var roundTripsPerRequest: Double?
 
     enum CodingKeys: String, CodingKey {
         case windowSeconds = "window_s"
@@ -62,6 +65,7 @@ public struct PhaseFigures: Codable, Sendable {
         case errors
         case cpu = "cpu_by_process"
         case statementsPerRequest = "statements_per_request"
+        case roundTripsPerRequest = "round_trips_per_request"
     }
 
     public init(
@@ -96,6 +100,7 @@ public struct PhaseFigures: Codable, Sendable {
             errors: try c.decode([String: Int].self, forKey: .errors),
             cpu: try c.decodeIfPresent([String: CPUUsage].self, forKey: .cpu) ?? [:])
         statementsPerRequest = try c.decodeIfPresent(Double.self, forKey: .statementsPerRequest)
+        roundTripsPerRequest = try c.decodeIfPresent(Double.self, forKey: .roundTripsPerRequest)
     }
 }
 
@@ -117,6 +122,7 @@ public struct PhaseResult: Codable, Sendable {
 enum PhaseRunner {
     static func run(
         _ plan: PhasePlan, driver: any FlowDriver, pairs: PairPool, statements: StatementCounter? = nil,
+        roundTrips: RoundTripCounter? = nil,
         progress: @escaping @Sendable (String) -> Void
     ) async throws -> PhaseResult {
         let recorder = Recorder()
@@ -142,10 +148,13 @@ enum PhaseRunner {
         let cpu = Task {
             try? await Task.sleep(until: measureFrom)
             let start = CPUSampler.snapshot()
-            let statementsBefore = await statements?.count()
+            async let statementsBefore = statements?.count()
+            async let roundTripsBefore = roundTrips?.count()
+            let before = (await statementsBefore, await roundTripsBefore)
             try? await Task.sleep(until: end)
-            let statementsAfter = await statements?.count()
-            return (start, CPUSampler.snapshot(), statementsBefore, statementsAfter)
+            async let statementsAfter = statements?.count()
+            async let roundTripsAfter = roundTrips?.count()
+            return (start, CPUSampler.snapshot(), before, (await statementsAfter, await roundTripsAfter))
         }
 
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -182,11 +191,14 @@ enum PhaseRunner {
             try await group.waitForAll()
         }
         var figures = recorder.summary(seconds: plan.duration.seconds)
-        let (cpuStart, cpuEnd, statementsBefore, statementsAfter) = await cpu.value
+        let (cpuStart, cpuEnd, (statementsBefore, roundTripsBefore), (statementsAfter, roundTripsAfter)) = await cpu.value
         figures.cpu = CPUSampler.usage(
             from: cpuStart, to: cpuEnd, seconds: plan.duration.seconds, requests: figures.requests)
         if let statementsBefore, let statementsAfter, figures.requests > 0 {
             figures.statementsPerRequest = StatementCounter.perRequest(statementsAfter - statementsBefore, figures.requests)
+        }
+        if let roundTripsBefore, let roundTripsAfter, figures.requests > 0 {
+            figures.roundTripsPerRequest = StatementCounter.perRequest(roundTripsAfter - roundTripsBefore, figures.requests)
         }
         switch plan.load {
         case .rate(let offered):

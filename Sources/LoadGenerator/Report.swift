@@ -185,7 +185,7 @@ public struct BenchReport: Codable, Sendable {
         let all = (floor.map { [$0] } ?? []) + (physicalFloor.map { [$0] } ?? []) + phases
         lines.append(
             pad("phase", 16) + pad("load", 20) + lpad("req/s", 9) + lpad("flows/s", 9) + lpad("of floor", 10)
-                + lpad("of physical", 13) + lpad("stmts/req", 11) + "  errors")
+                + lpad("of physical", 13) + lpad("stmts/req", 11) + lpad("trips/req", 11) + "  errors")
         func share(_ phase: PhaseResult, of floor: PhaseResult?) -> String {
             guard let floor, floor.figures.requestsPerSecond > 0 else { return "-" }
             return String(format: "%.0f%%", phase.figures.requestsPerSecond / floor.figures.requestsPerSecond * 100)
@@ -201,7 +201,8 @@ public struct BenchReport: Codable, Sendable {
                 pad(phase.name, 16) + pad(load, 20) + lpad(String(format: "%.0f", phase.figures.requestsPerSecond), 9)
                     + lpad(String(format: "%.1f", phase.figures.flowsPerSecond), 9) + lpad(share(phase, of: floor), 10)
                     + lpad(share(phase, of: physicalFloor), 13)
-                    + lpad(phase.figures.statementsPerRequest.map { String(format: "%.2f", $0) } ?? "-", 11) + "  " + errors)
+                    + lpad(phase.figures.statementsPerRequest.map { String(format: "%.2f", $0) } ?? "-", 11)
+                    + lpad(phase.figures.roundTripsPerRequest.map { String(format: "%.2f", $0) } ?? "-", 11) + "  " + errors)
         }
         lines.append("")
         lines.append(

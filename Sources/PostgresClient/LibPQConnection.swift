@@ -68,12 +68,21 @@ final class LibPQConnection {
 
     var socket: Int32 { handle.map { PQsocket($0) } ?? -1 }
 
+    /// Round trips made on this connection (and counted for the process, `DatabaseRoundTrips`).
+    private(set) var roundTrips = 0
+
+    private func countRoundTrip() {
+        roundTrips += 1
+        DatabaseRoundTrips.count()
+    }
+
     /// Runs one statement with bind parameters (extended protocol, text format).
     func execute(_ query: PostgresQuery) throws(PostgresError) -> PostgresRows {
         let connection = try liveHandle()
         let key = PreparedKey(query)
         let name = try preparedName(key)
         try send(query, key: key, name: name, on: connection)
+        countRoundTrip()
         do {
             return try collectResults()
         } catch {
@@ -105,6 +114,7 @@ final class LibPQConnection {
                 try send(queries[index], key: keys[index], name: names[index], on: connection)
             }
             guard PQpipelineSync(connection) == 1 else { throw connectionError("sending the pipeline's sync failed") }
+            countRoundTrip()
             // Each statement has its own budget, as the server's statement_timeout does.
             for index in queries.indices {
                 let (rows, error) = try nextResults(connection, until: freshDeadline())
@@ -161,7 +171,7 @@ final class LibPQConnection {
     private func forgetInvalidatedPlan(_ error: PostgresError, key: PreparedKey, name: String?) {
         guard let name, error.sqlState == .featureNotSupported, let connection = handle, !isBroken else { return }
         prepared[key] = nil
-        _ = PQsendQuery(connection, "DEALLOCATE \(name)")
+        if PQsendQuery(connection, "DEALLOCATE \(name)") == 1 { countRoundTrip() }
         _ = try? collectResults()
     }
 
@@ -177,6 +187,7 @@ final class LibPQConnection {
         guard PQsendPrepare(connection, name, key.sql, Int32(key.types.count), key.types) == 1 else {
             throw connectionError("preparing the query failed")
         }
+        countRoundTrip()
         _ = try collectResults()
         prepared[key] = name
         return name
@@ -186,6 +197,7 @@ final class LibPQConnection {
     func executeScript(_ sql: String) throws(PostgresError) {
         let connection = try liveHandle()
         guard PQsendQuery(connection, sql) == 1 else { throw connectionError("sending the script failed") }
+        countRoundTrip()
         _ = try collectResults()
     }
 

@@ -47,6 +47,10 @@ public actor PostgresConnection {
     /// False once the connection broke or was closed: the pool then replaces it.
     public var isUsable: Bool { connection.map { !$0.isBroken } ?? false }
 
+    /// Round trips made on this connection so far: one per statement answered alone, per
+    /// pipeline (deferred statements included), per script and per statement prepared.
+    public var roundTrips: Int { connection?.roundTrips ?? 0 }
+
     /// `isUsable` as of the last statement, readable from any task without a hop.
     public nonisolated var isHealthy: Bool { healthy.load(ordering: .relaxed) }
 

@@ -68,10 +68,19 @@ struct Run: AsyncParsableCommand {
         help: "Answered flows send the ring receipt (call.ringing); --no-ring-receipts for revisions without it.")
     var ringReceipts = true
 
+    @Option(
+        name: .customLong("service-metrics"),
+        help: """
+            The services' /metrics, comma-separated, read for their round trips to the database \
+            (scripts/up's call-control and token service); an empty value: not measured.
+            """)
+    var serviceMetrics = "http://127.0.0.1:8081/metrics,http://127.0.0.1:8082/metrics"
+
     @Flag(help: "No progress lines on stderr.")
     var quiet = false
 
     func validate() throws {
+        _ = try parsedServiceMetrics()
         guard duration >= 1 else { throw ValidationError("--duration must be at least 1 second, not \(duration)") }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
         guard prime >= 0 else { throw ValidationError("--prime must not be negative, not \(prime)") }
@@ -90,6 +99,16 @@ struct Run: AsyncParsableCommand {
                 throw ValidationError("--rates: '\(text)' is not a number of requests/s above 0")
             }
             return rate
+        }
+    }
+
+    private func parsedServiceMetrics() throws -> [URL] {
+        try serviceMetrics.split(separator: ",").map { text in
+            let text = text.trimmingCharacters(in: .whitespaces)
+            guard let url = URL(string: text), ["http", "https"].contains(url.scheme ?? ""), url.host != nil else {
+                throw ValidationError("--service-metrics: '\(text)' is not an http:// URL (such as http://127.0.0.1:8081/metrics)")
+            }
+            return url
         }
     }
 
@@ -123,7 +142,8 @@ struct Run: AsyncParsableCommand {
             let bench = Bench(
                 configuration: configuration, amqp: try environment.amqpURL(account: "admin"),
                 database: try environment.database(),
-                authSecret: environment.string("RINGING_AUTH_SECRET", default: AuthTokens.developmentSecret), logger: logger,
+                authSecret: environment.string("RINGING_AUTH_SECRET", default: AuthTokens.developmentSecret),
+                serviceMetrics: try parsedServiceMetrics(), logger: logger,
                 progress: { line in if !quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } })
             let report = try await bench.run(
                 floor: FloorChild(workers: floorWorkers), command: CommandLine.arguments.joined(separator: " "))

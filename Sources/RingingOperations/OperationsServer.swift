@@ -4,6 +4,7 @@ import Foundation
 import Hummingbird
 public import Logging
 import Metrics
+import PostgresClient
 public import Prometheus
 public import ServiceLifecycle
 
@@ -32,6 +33,18 @@ public enum RingingMetrics {
         MetricsSystem.bootstrap(factory)
         return registry
     }()
+
+    /// The process's round trips to PostgreSQL (`DatabaseRoundTrips`), as Prometheus text: a
+    /// counter kept by the database client itself, so it is read at each scrape.
+    static func databaseRoundTrips() -> [UInt8] {
+        Array(
+            """
+            # HELP ringing_database_round_trips_total Round trips to PostgreSQL: one per statement answered alone, per pipeline, per script.
+            # TYPE ringing_database_round_trips_total counter
+            ringing_database_round_trips_total \(DatabaseRoundTrips.total)
+
+            """.utf8)
+    }
 }
 
 /// Serves the operations endpoints until cancelled or gracefully shut down.
@@ -59,9 +72,11 @@ public struct OperationsServer: Service {
                 body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
         }
         router.get("metrics") { _, _ -> Response in
-            Response(
+            var text = RingingMetrics.registry.emitToBuffer()
+            text += RingingMetrics.databaseRoundTrips()
+            return Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                body: ResponseBody(byteBuffer: ByteBuffer(bytes: RingingMetrics.registry.emitToBuffer())))
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: text)))
         }
         let app = Application(router: router, configuration: .init(address: .hostname(host, port: port)), logger: logger)
         try await app.run()
