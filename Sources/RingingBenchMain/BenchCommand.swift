@@ -106,7 +106,8 @@ struct Run: AsyncParsableCommand {
         try serviceMetrics.split(separator: ",").map { text in
             let text = text.trimmingCharacters(in: .whitespaces)
             guard let url = URL(string: text), ["http", "https"].contains(url.scheme ?? ""), url.host != nil else {
-                throw ValidationError("--service-metrics: '\(text)' is not an http:// URL (such as http://127.0.0.1:8081/metrics)")
+                throw ValidationError(
+                    "--service-metrics: '\(text)' is not an http:// URL (such as http://127.0.0.1:8081/metrics)")
             }
             return url
         }
