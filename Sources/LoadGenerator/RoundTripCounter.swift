@@ -3,6 +3,7 @@
 // call-control began to send several statements at once (pipelines, BEGIN with the next one).
 import Foundation
 import Logging
+import PostgresClient
 
 #if canImport(FoundationNetworking)
     import FoundationNetworking
@@ -52,7 +53,7 @@ final class RoundTripCounter: Sendable {
 
 /// Reads the services' round-trip counter from their /metrics text.
 public enum RoundTripReading {
-    public static let metric = "ringing_database_round_trips_total"
+    public static let metric = DatabaseRoundTrips.metricName
 
     /// The counter's value in Prometheus text, or nil when it is not there.
     public static func value(in text: String) -> Int? {

@@ -7,6 +7,9 @@ import Synchronization
 /// go with the next), and so is a script, a statement prepared, or a plan dropped. The
 /// services report the total in /metrics as `ringing_database_round_trips_total`.
 public enum DatabaseRoundTrips {
+    /// The name of the count in the services' /metrics, where the benchmark reads it.
+    public static let metricName = "ringing_database_round_trips_total"
+
     private static let counter = Atomic<Int>(0)
 
     /// Round trips made so far by this process.

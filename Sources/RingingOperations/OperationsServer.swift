@@ -39,9 +39,9 @@ public enum RingingMetrics {
     static func databaseRoundTrips() -> [UInt8] {
         Array(
             """
-            # HELP ringing_database_round_trips_total Round trips to PostgreSQL: one per statement answered alone, per pipeline, per script.
-            # TYPE ringing_database_round_trips_total counter
-            ringing_database_round_trips_total \(DatabaseRoundTrips.total)
+            # HELP \(DatabaseRoundTrips.metricName) Round trips to PostgreSQL: one per statement answered alone, per pipeline, per script.
+            # TYPE \(DatabaseRoundTrips.metricName) counter
+            \(DatabaseRoundTrips.metricName) \(DatabaseRoundTrips.total)
 
             """.utf8)
     }
